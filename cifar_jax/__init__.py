@@ -1,0 +1,1 @@
+"""cifar_jax: train CIFAR-10/100 image classifiers with JAX and Flax."""
