@@ -1,0 +1,65 @@
+"""Checkpoints of the whole train state with orbax: the latest few and the best.
+
+Saves are atomic (orbax writes to a temporary directory and renames it), so an
+interrupted save never leaves a checkpoint that looks complete. Restoring takes
+the shardings from the state it restores into, so a checkpoint written on N
+devices restores on M.
+"""
+import os
+
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
+
+from cifar_jax.errors import UserError
+
+# Checkpoint metric ranked to pick the best checkpoint; higher is better.
+SCORE = 'score'
+
+
+class Checkpoints:
+  """The checkpoints in `WORKDIR/checkpoints`: the latest `keep_latest` and the best by score."""
+
+  def __init__(self, workdir: str, keep_latest: int = 2, read_only: bool = False):
+    self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=policies.AnyPreservationPolicy([
+            policies.LatestN(n=keep_latest),
+            policies.BestN(get_metric_fn=lambda m: m[SCORE], reverse=False, n=1),
+        ]),
+        read_only=read_only, create=not read_only)
+    self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def save(self, state, score: float) -> None:
+    """Starts saving `state` under its step; writing finishes in the background."""
+    step = int(state.step)
+    self._manager.save(step, args=ocp.args.StandardSave(state), metrics={SCORE: float(score)})
+
+  def all_steps(self) -> list[int]:
+    return list(self._manager.all_steps())
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def best_step(self) -> int | None:
+    scored = [(self._manager.metrics(s) or {}).get(SCORE) for s in self._manager.all_steps()]
+    candidates = [(score, step) for score, step in zip(scored, self._manager.all_steps())
+                  if score is not None]
+    return max(candidates)[1] if candidates else None
+
+  def restore(self, target, step: int):
+    """The checkpoint at `step`, laid out like `target` (arrays or ShapeDtypeStructs)."""
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    try:
+      return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    except (ValueError, KeyError) as e:
+      raise UserError(
+          f'checkpoint {step} in {self.directory} does not match the model and optimiser '
+          f'the config describes ({e}). Was it written with another config?') from e
+
+  def wait(self) -> None:
+    """Blocks until background writes are on disk."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.close()

@@ -1,0 +1,125 @@
+"""Every config field the code reads, declared once, with its meaning and unit.
+
+Config files in `configs/` start from `base_config()` and override a few fields.
+The returned ConfigDict is locked, so a misspelt override (`--config.bach_size`)
+is an error instead of being silently ignored.
+"""
+import ml_collections
+
+from cifar_jax.errors import UserError
+
+MONITORS = ('accuracy', 'loss')
+SCHEDULES = ('constant', 'piecewise', 'cosine', 'onecycle')
+HEM_MODES = ('off', 'topk', 'softmax')
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """ResNet-18 on CIFAR-100 with the classic SGD recipe; configs override from here."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # Parameter init, data order and augmentation all derive from it.
+
+  c.dataset = ml_collections.ConfigDict()
+  c.dataset.name = 'cifar100'  # 'cifar10' | 'cifar100'.
+  c.dataset.source = 'local'  # 'local' (official archives) | 'tfds' | 'synthetic'.
+  c.dataset.data_dir = ''  # '' means the per-user cache (~/.cache/cifar_jax).
+  c.dataset.download = True  # Fetch the official archive when `local` finds none.
+  # Training examples held out (fixed by `seed`) to tune on instead of the test
+  # split; 0 means evaluate on the test split.
+  c.dataset.validation_size = 0
+  c.dataset.synthetic_train_size = 2048  # Examples, `synthetic` source only.
+  c.dataset.synthetic_test_size = 512
+
+  c.augment = ml_collections.ConfigDict()
+  c.augment.crop_padding = 4  # Pixels of zero padding before a random 32x32 crop.
+  c.augment.flip = True  # Random horizontal flips.
+  c.augment.cutout_size = 0  # Side of the zeroed square in pixels; 0 is off.
+
+  # `name` picks the family in `cifar_jax.models`; the other fields go to it.
+  c.model = ml_collections.ConfigDict()
+  c.model.name = 'resnet18'
+  c.model.width = 64  # Channels of the first stage.
+  c.model.dtype = 'float32'  # Compute dtype: 'float32' | 'bfloat16'.
+
+  c.num_epochs = 200  # Length of the learning-rate schedule, in epochs.
+  c.max_steps = 0  # Stop after this many train steps; 0 means no limit.
+  c.batch_size = 128  # Global: split evenly across all devices.
+  c.eval_batch_size = 500  # Global; the last batch is padded and masked.
+  c.eval_every_epochs = 1
+  # Train steps per compiled call (a `lax.scan`), so Python dispatch never
+  # limits small models; metrics reach the host once per call.
+  c.steps_per_call = 10
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.learning_rate = 0.1  # Peak rate for the global batch.
+  c.optimizer.momentum = 0.9
+  c.optimizer.nesterov = False
+  # Coupled L2 (added to the gradient, as PyTorch's SGD weight_decay). Keras'
+  # l2(5e-4) regulariser adds 5e-4 * |w|^2 to the loss, i.e. twice this.
+  c.optimizer.weight_decay = 5e-4
+  c.optimizer.decay_norm_and_bias = True  # False exempts BatchNorm and biases.
+
+  c.schedule = ml_collections.ConfigDict()
+  c.schedule.name = 'cosine'  # 'constant' | 'piecewise' | 'cosine' | 'onecycle'.
+  c.schedule.warmup_epochs = 0.0  # Linear warm-up from 0 ('cosine' only).
+  c.schedule.boundaries_epochs = (60, 120, 160)  # 'piecewise' only.
+  c.schedule.decay_factor = 0.2  # Rate multiplier at each boundary ('piecewise').
+
+  # The metric evaluated on the validation split (test split when there is
+  # none) that drives plateau cuts, early stopping and the best checkpoint.
+  c.monitor = 'accuracy'  # 'accuracy' (higher is better) | 'loss'.
+
+  # Keras' ReduceLROnPlateau: multiply the rate by `factor` after `patience`
+  # evaluations without an improvement of more than `min_delta`.
+  c.plateau = ml_collections.ConfigDict()
+  c.plateau.enabled = False
+  c.plateau.factor = 0.1
+  c.plateau.patience = 10  # Evaluations.
+  c.plateau.cooldown = 0  # Evaluations after a cut during which none follows.
+  c.plateau.min_delta = 1e-4  # Absolute, in the monitor's units.
+  c.plateau.min_scale = 1e-3  # Floor, as a fraction of the scheduled rate.
+
+  c.early_stopping = ml_collections.ConfigDict()
+  c.early_stopping.enabled = False
+  c.early_stopping.patience = 20  # Evaluations without improvement.
+  c.early_stopping.min_delta = 0.0  # Absolute, in the monitor's units.
+
+  # Hard example mining: per-example loss weights, normalised to mean 1 over
+  # the global batch so the learning rate keeps its meaning.
+  c.hem = ml_collections.ConfigDict()
+  c.hem.mode = 'off'  # 'off' | 'topk' | 'softmax'.
+  c.hem.fraction = 0.25  # 'topk': share of the global batch boosted.
+  c.hem.boost = 2.0  # 'topk': weight of a hard example relative to the others.
+  c.hem.temperature = 1.0  # 'softmax': weight proportional to exp(loss / temperature).
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.keep_latest = 2  # The best checkpoint is kept besides these.
+
+  c.lock()
+  return c
+
+
+def _check_choice(value, choices, field):
+  if value not in choices:
+    raise UserError(f'config.{field}={value!r} is not one of {", ".join(choices)}.')
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Rejects values no code path can use, with the field's name."""
+  _check_choice(config.monitor, MONITORS, 'monitor')
+  _check_choice(config.schedule.name, SCHEDULES, 'schedule.name')
+  _check_choice(config.hem.mode, HEM_MODES, 'hem.mode')
+  positive = {
+      'batch_size': config.batch_size, 'eval_batch_size': config.eval_batch_size,
+      'num_epochs': config.num_epochs, 'steps_per_call': config.steps_per_call,
+      'eval_every_epochs': config.eval_every_epochs,
+      'checkpoint.keep_latest': config.checkpoint.keep_latest,
+  }
+  for field, value in positive.items():
+    if value <= 0:
+      raise UserError(f'config.{field} must be positive, got {value}.')
+  if config.max_steps < 0:
+    raise UserError(f'config.max_steps must be >= 0 (0 means no limit), got {config.max_steps}.')
+  if not 0 < config.hem.fraction <= 1:
+    raise UserError(f'config.hem.fraction must be in (0, 1], got {config.hem.fraction}.')
+  if config.hem.temperature <= 0:
+    raise UserError(f'config.hem.temperature must be positive, got {config.hem.temperature}.')

@@ -1,0 +1,119 @@
+"""Schedules at their boundaries, weight-decay masking, plateau cuts and early stopping."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cifar_jax import config as config_lib
+from cifar_jax import optim
+
+
+def make_config(**overrides):
+  config = config_lib.base_config()
+  config.num_epochs = 10
+  config.optimizer.learning_rate = 0.1
+  for path, value in overrides.items():
+    node = config
+    *parents, leaf = path.split('.')
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def test_epochs_to_steps():
+  assert optim.epochs_to_steps(2, 390) == 780
+  assert optim.epochs_to_steps(0.5, 391) == 196
+  assert optim.epochs_to_steps(0, 100) == 0
+
+
+def test_piecewise_schedule_changes_exactly_at_the_boundaries():
+  config = make_config(**{'schedule.name': 'piecewise', 'schedule.boundaries_epochs': (2, 5),
+                          'schedule.decay_factor': 0.1})
+  schedule = optim.create_schedule(config, steps_per_epoch=10)
+  assert schedule(19) == pytest.approx(0.1)
+  assert schedule(20) == pytest.approx(0.01)
+  assert schedule(49) == pytest.approx(0.01)
+  assert schedule(50) == pytest.approx(0.001)
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero():
+  config = make_config(**{'schedule.name': 'cosine', 'schedule.warmup_epochs': 1.0})
+  schedule = optim.create_schedule(config, steps_per_epoch=10)
+  assert schedule(0) == pytest.approx(0.0)
+  assert schedule(5) == pytest.approx(0.05)
+  assert schedule(10) == pytest.approx(0.1)
+  assert schedule(55) == pytest.approx(0.05, abs=1e-6)  # Half-way through the decay.
+  assert schedule(100) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_onecycle_peaks_at_the_learning_rate():
+  schedule = optim.create_schedule(make_config(**{'schedule.name': 'onecycle'}), 10)
+  peak = max(float(schedule(s)) for s in range(100))
+  assert peak == pytest.approx(0.1, rel=1e-3)
+  assert schedule(0) < 0.01 and schedule(99) < 0.001
+
+
+def test_constant_schedule():
+  schedule = optim.create_schedule(make_config(**{'schedule.name': 'constant'}), 10)
+  assert schedule(0) == schedule(99) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize('decay_norm_and_bias', [True, False])
+def test_weight_decay_mask(decay_norm_and_bias):
+  config = make_config(**{'schedule.name': 'constant', 'optimizer.momentum': 0.0,
+                          'optimizer.weight_decay': 0.5,
+                          'optimizer.decay_norm_and_bias': decay_norm_and_bias})
+  tx = optim.create_optimizer(config, optim.create_schedule(config, 1))
+  params = {'conv': {'kernel': jnp.ones(2)}, 'bn': {'scale': jnp.ones(2), 'bias': jnp.ones(2)}}
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = tx.update(zeros, tx.init(params), params)
+  # With zero gradients the update is -lr * weight_decay * param where decay applies.
+  np.testing.assert_allclose(updates['conv']['kernel'], -0.05)
+  expected_norm = -0.05 if decay_norm_and_bias else 0.0
+  np.testing.assert_allclose(updates['bn']['scale'], expected_norm)
+  np.testing.assert_allclose(updates['bn']['bias'], expected_norm)
+
+
+def feed(plateau, values):
+  state = plateau.init(jnp.zeros(()))
+  scales = []
+  for v in values:
+    _, state = plateau.update(updates={}, state=state, value=jnp.asarray(v))
+    scales.append(float(state.scale))
+  return scales
+
+
+def test_plateau_cuts_after_patience_flat_evaluations():
+  config = make_config(**{'plateau.enabled': True, 'plateau.patience': 2, 'plateau.factor': 0.5,
+                          'plateau.min_delta': 0.01, 'plateau.min_scale': 0.2})
+  plateau = optim.create_plateau(config)
+  # Improves twice, then flat (changes below min_delta do not count).
+  scales = feed(plateau, [1.0, 0.9, 0.895, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9])
+  assert scales == pytest.approx([1, 1, 1, 0.5, 0.5, 0.25, 0.25, 0.2, 0.2])  # Floor: min_scale.
+
+
+def test_plateau_cooldown_delays_the_next_cut():
+  config = make_config(**{'plateau.enabled': True, 'plateau.patience': 1, 'plateau.factor': 0.5,
+                          'plateau.cooldown': 2, 'plateau.min_scale': 0.0})
+  scales = feed(optim.create_plateau(config), [1.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+  assert scales == [1, 0.5, 0.5, 0.5, 0.25, 0.25]
+
+
+def test_plateau_disabled_never_cuts():
+  scales = feed(optim.create_plateau(make_config(**{'plateau.patience': 1})), [1.0] * 5)
+  assert scales == [1.0] * 5
+
+
+def test_early_stopping_fires_after_patience_evaluations_without_improvement():
+  state = optim.EarlyStoppingState.create()
+  stops = []
+  for value in [1.0, 0.5, 0.49, 0.6, 0.5]:
+    state = state.update(jnp.asarray(value), min_delta=0.05)
+    stops.append(state.should_stop(patience=3))
+  assert stops == [False, False, False, False, True]
+
+
+def test_monitor_loss_turns_accuracy_into_a_loss():
+  assert optim.monitor_loss({'accuracy': 0.7, 'loss': 1.2}, 'accuracy') == -0.7
+  assert optim.monitor_loss({'accuracy': 0.7, 'loss': 1.2}, 'loss') == 1.2
