@@ -18,6 +18,8 @@ setuptools.setup(
         # TensorBoard event files without TensorFlow.
         "tensorboardX>=2.6",
         "tqdm>=4.66",
+        # Decodes the images of the tfds copy of CIFAR.
+        "pillow>=10",
     ],
     extras_require={
         "test": ["pytest>=8", "ruff==0.14.0"],

@@ -42,10 +42,11 @@ class Checkpoints:
     return self._manager.latest_step()
 
   def best_step(self) -> int | None:
-    scored = [(self._manager.metrics(s) or {}).get(SCORE) for s in self._manager.all_steps()]
-    candidates = [(score, step) for score, step in zip(scored, self._manager.all_steps())
-                  if score is not None]
-    return max(candidates)[1] if candidates else None
+    """The saved step with the highest score (None when nothing is saved)."""
+    scores = {step: (self._manager.metrics(step) or {}).get(SCORE)
+              for step in self._manager.all_steps()}
+    scored = [(score, step) for step, score in scores.items() if score is not None]
+    return max(scored)[1] if scored else None
 
   def restore(self, target, step: int):
     """The checkpoint at `step`, laid out like `target` (arrays or ShapeDtypeStructs)."""

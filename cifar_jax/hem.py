@@ -6,7 +6,6 @@ it is split across devices: one device and eight give the same weights. Weights
 are normalised to mean 1 over the global batch, so the learning rate keeps its
 meaning, and carry no gradient.
 """
-import jax
 import jax.numpy as jnp
 from jax import lax
 

@@ -1,0 +1,65 @@
+"""CIFAR-10 and CIFAR-100 as NumPy arrays, from one of three sources.
+
+- 'local': the official "python version" archives, downloaded if missing.
+- 'tfds': a TensorFlow Datasets copy prepared as array_record files.
+- 'synthetic': learnable random data of the same shapes, needing no files.
+"""
+import os
+
+from cifar_jax.data import official, synthetic, tfds_source
+from cifar_jax.data.dataset import Dataset, Split
+from cifar_jax.data.official import OFFICIAL_URL_BASE
+from cifar_jax.errors import UserError
+
+__all__ = [
+    'DATASET_NAMES', 'OFFICIAL_URL_BASE', 'SOURCES', 'Dataset', 'Split', 'default_data_dir',
+    'load',
+]
+
+DATASET_NAMES = ('cifar10', 'cifar100')
+SOURCES = ('local', 'tfds', 'synthetic')
+
+
+def default_data_dir() -> str:
+  """Per-user cache: $XDG_CACHE_HOME/cifar_jax, else ~/.cache/cifar_jax."""
+  cache = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
+  return os.path.join(cache, 'cifar_jax')
+
+
+def load(name: str, source: str, data_dir: str = '', *, download: bool = True,
+         url_base: str = OFFICIAL_URL_BASE, synthetic_train_size: int = 2048,
+         synthetic_test_size: int = 512, synthetic_seed: int = 0) -> Dataset:
+  """Loads a CIFAR dataset into memory.
+
+  Args:
+    name: One of DATASET_NAMES.
+    source: One of SOURCES.
+    data_dir: Where the data is (or, for 'local', goes); '' means
+      default_data_dir(). For 'local', a directory holding the extracted
+      archive or the .tar.gz, or the path of the .tar.gz; for 'tfds', the tfds
+      data directory (a local path or gs:// bucket). Unused by 'synthetic'.
+    download: For 'local', whether to download the archive when it is missing.
+    url_base: For 'local', the URL of the directory holding the archives.
+    synthetic_train_size: For 'synthetic', the number of training examples.
+    synthetic_test_size: For 'synthetic', the number of test examples.
+    synthetic_seed: For 'synthetic', the seed the data is drawn from.
+
+  Returns:
+    The dataset.
+
+  Raises:
+    UserError: An unknown name or source, or data that is missing or malformed.
+  """
+  _check_choice('dataset', name, DATASET_NAMES)
+  _check_choice('data source', source, SOURCES)
+  if source == 'synthetic':
+    return synthetic.make(name, synthetic_train_size, synthetic_test_size, synthetic_seed)
+  data_dir = os.path.expanduser(data_dir or default_data_dir())
+  if source == 'tfds':
+    return tfds_source.load(name, data_dir)
+  return official.load(name, data_dir, download_missing=download, url_base=url_base)
+
+
+def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
+  if value not in choices:
+    raise UserError(f'Unknown {what} {value!r}; choose one of: {", ".join(choices)}.')

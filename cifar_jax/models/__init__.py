@@ -1,0 +1,86 @@
+"""Model registry: names to module constructors, and construction from config values.
+
+Adding a model family means writing its module file and adding its entries to `MODELS`. An entry
+is a flax module class or a `functools.partial` of one; the fields it leaves unbound (apart from
+`num_classes` and `bn_axis_name`) are the family's config fields.
+"""
+
+import dataclasses
+import functools
+import math
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from cifar_jax.errors import UserError
+from cifar_jax.models import resnet
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    'resnet10': resnet.ResNet10,
+    'resnet18': resnet.ResNet18,
+    'resnet34': resnet.ResNet34,
+    'resnet50': resnet.ResNet50,
+}
+
+_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+# Set by create_model's own arguments or by flax itself, so never config fields.
+_NON_CONFIG_FIELDS = frozenset({'num_classes', 'bn_axis_name', 'parent', 'name'})
+
+
+def config_fields(name: str) -> list[str]:
+  """Returns the config fields model `name` accepts as keyword arguments of `create_model`.
+
+  Raises:
+    UserError: if `name` is not in `MODELS`.
+  """
+  constructor = _lookup(name)
+  bound = set()
+  while isinstance(constructor, functools.partial):
+    bound |= constructor.keywords.keys()
+    constructor = constructor.func
+  return [f.name for f in dataclasses.fields(constructor)
+          if f.init and f.name not in bound and f.name not in _NON_CONFIG_FIELDS]
+
+
+def create_model(name: str, *, num_classes: int, bn_axis_name: str | None = None,
+                 **kwargs) -> nn.Module:
+  """Builds a registered model.
+
+  Args:
+    name: Key of `MODELS`, e.g. 'resnet18'.
+    num_classes: Number of output logits.
+    bn_axis_name: Mesh axis over which BatchNorm averages batch statistics (see the model).
+    **kwargs: The family's config fields, e.g. `width` and `dtype` for ResNets. `dtype` is a
+      string, 'float32' or 'bfloat16'.
+
+  Returns:
+    The unbound flax module.
+
+  Raises:
+    UserError: for an unknown model name, config field or dtype.
+  """
+  accepted = config_fields(name)
+  for field in kwargs:
+    if field not in accepted:
+      raise UserError(f'model {name!r} has no config field {field!r}; '
+                      f'its fields are: {", ".join(accepted)}')
+  if 'dtype' in kwargs:
+    dtype = kwargs['dtype']
+    if not isinstance(dtype, str) or dtype not in _DTYPES:
+      raise UserError(f'unknown model dtype {dtype!r}; choose one of: {", ".join(_DTYPES)}')
+    kwargs['dtype'] = _DTYPES[dtype]
+  return MODELS[name](num_classes=num_classes, bn_axis_name=bn_axis_name, **kwargs)
+
+
+def count_params(params) -> int:
+  """Returns the number of scalars in a parameter tree (arrays or `jax.ShapeDtypeStruct`s)."""
+  return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params))
+
+
+def _lookup(name: str) -> Callable[..., nn.Module]:
+  if name not in MODELS:
+    raise UserError(f'unknown model {name!r}; choose one of: {", ".join(MODELS)}')
+  return MODELS[name]
