@@ -2,6 +2,7 @@
 import json
 import os
 
+import jax
 import ml_collections
 import numpy as np
 import tensorboardX
@@ -53,3 +54,27 @@ def read_metrics(workdir: str) -> list[dict]:
     return []
   with open(path) as f:
     return [json.loads(line) for line in f if line.strip()]
+
+
+class CompilationCounter:
+  """Counts XLA compilations while active: `with CompilationCounter() as c: ...; c.count`.
+
+  Used to check that the train function compiles once per run, not per epoch,
+  learning rate or plateau state.
+  """
+  _EVENT = '/jax/core/compile/backend_compile_duration'
+
+  def __init__(self):
+    self.count = 0
+
+  def _on_event(self, event, duration, **kwargs):
+    del duration, kwargs
+    if event == self._EVENT:
+      self.count += 1
+
+  def __enter__(self):
+    jax.monitoring.register_event_duration_secs_listener(self._on_event)
+    return self
+
+  def __exit__(self, *exc):
+    jax.monitoring.unregister_event_duration_listener(self._on_event)

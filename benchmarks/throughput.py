@@ -1,0 +1,103 @@
+"""Training throughput of a config on whatever devices exist, as one JSON line.
+
+    python benchmarks/throughput.py --config=configs/resnet_c10.py --steps=100 \
+        [--config.dataset.source=synthetic] [--config.FIELD=VALUE ...]
+
+Times the compiled train function the main job uses (gather from the on-device
+dataset, augmentation, forward, backward, update) after a warm-up call that
+pays for compilation, and the same step on one fixed batch without the input
+pipeline, so their ratio shows what the input pipeline costs. Also counts the
+compilations after the warm-up call (there should be none).
+"""
+import functools
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+from absl import app, flags
+from jax import lax
+from jax.sharding import PartitionSpec as P
+from ml_collections import config_flags
+
+from cifar_jax import augment, metrics, optim, sharding, train
+from cifar_jax.sharding import DATA_AXIS
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
+_STEPS = flags.DEFINE_integer('steps', 50, 'Timed train steps (after the warm-up call).')
+flags.mark_flag_as_required('config')
+
+
+def fixed_batch_fn(config, model, optimizer, mesh):
+  """Train steps on one fixed batch with no augmentation: the step without its input pipeline."""
+  no_augment = config.augment.copy_and_resolve_references()
+  no_augment.unlock()
+  no_augment.update(crop_padding=0, flip=False, cutout_size=0)
+  step_fn = functools.partial(train.train_step, model=model, optimizer=optimizer,
+                              augment_config=no_augment, hem_config=config.hem)
+
+  def per_device(state, images, labels, stop_step):
+    def body(state):
+      return step_fn(state, images, labels, jax.random.fold_in(state.rng, state.step))[0]
+    return lax.while_loop(lambda s: s.step < stop_step, body, state)
+
+  return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(DATA_AXIS),
+                                                                 P(DATA_AXIS), P()),
+                               out_specs=P()), donate_argnums=0)
+
+
+def timed(fn, state, *args, steps):
+  """Seconds per step of `steps` steps, after `fn` has been compiled."""
+  start_step = int(state.step)
+  begin = time.perf_counter()
+  out = fn(state, *args, jnp.int32(start_step + steps))
+  jax.block_until_ready(out)
+  return (time.perf_counter() - begin) / steps, out
+
+
+def main(argv):
+  del argv
+  config = _CONFIG.value
+  mesh = sharding.create_mesh()
+  dataset, host = train.load_host_splits(config)
+  splits = train.place_splits(host, dataset.num_classes, config.eval_batch_size, mesh)
+  steps_per_epoch = splits.num_train // config.batch_size
+  model = train.create_model(config, dataset.num_classes)
+  optimizer = optim.create_optimizer(config, optim.create_schedule(config, steps_per_epoch))
+  plateau = optim.create_plateau(config)
+  stats = augment.channel_stats(host['train'][0])
+  # Steady-state steps must not cross an epoch boundary within one call.
+  steps = min(_STEPS.value, steps_per_epoch - 1)
+
+  train_fn = train.compile_train_fn(config, model, optimizer, mesh, splits.num_train,
+                                    steps_per_epoch)
+  state = train.create_train_state(config, model, optimizer, plateau, stats, mesh)
+  begin = time.perf_counter()
+  state, _ = train_fn(state, splits.train_images, splits.train_labels, jnp.int32(1))
+  jax.block_until_ready(state)
+  first_call = time.perf_counter() - begin
+  with metrics.CompilationCounter() as compilations:
+    step_seconds, (state, _) = timed(train_fn, state, splits.train_images, splits.train_labels,
+                                     steps=steps)
+
+  fixed_fn = fixed_batch_fn(config, model, optimizer, mesh)
+  batch = [sharding.shard_rows(a[:config.batch_size], mesh) for a in host['train']]
+  fixed_state = train.create_train_state(config, model, optimizer, plateau, stats, mesh)
+  fixed_state = fixed_fn(fixed_state, *batch, jnp.int32(1))
+  fixed_seconds, _ = timed(fixed_fn, fixed_state, *batch, steps=steps)
+
+  print(json.dumps({
+      'model': config.model.name, 'dtype': config.model.dtype, 'dataset': config.dataset.name,
+      'source': config.dataset.source, 'devices': jax.device_count(),
+      'device_kind': jax.devices()[0].device_kind, 'global_batch': config.batch_size,
+      'timed_steps': steps, 'compile_seconds': round(first_call - step_seconds, 3),
+      'step_seconds': round(step_seconds, 5),
+      'images_per_sec': round(config.batch_size / step_seconds, 1),
+      'fixed_batch_step_seconds': round(fixed_seconds, 5),
+      'input_pipeline_overhead': round(step_seconds / fixed_seconds - 1, 4),
+      'compilations_after_warmup': compilations.count,
+  }))
+
+
+if __name__ == '__main__':
+  app.run(main)
