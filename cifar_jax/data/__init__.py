@@ -6,7 +6,7 @@
 """
 import os
 
-from cifar_jax.data import official, synthetic, tfds_source
+from cifar_jax.data import official, synthetic
 from cifar_jax.data.dataset import Dataset, Split
 from cifar_jax.data.official import OFFICIAL_URL_BASE
 from cifar_jax.errors import UserError
@@ -56,6 +56,8 @@ def load(name: str, source: str, data_dir: str = '', *, download: bool = True,
     return synthetic.make(name, synthetic_train_size, synthetic_test_size, synthetic_seed)
   data_dir = os.path.expanduser(data_dir or default_data_dir())
   if source == 'tfds':
+    # Imported here: tensorflow_datasets is slow to import and only this source needs it.
+    from cifar_jax.data import tfds_source
     return tfds_source.load(name, data_dir)
   return official.load(name, data_dir, download_missing=download, url_base=url_base)
 
