@@ -27,6 +27,8 @@ class Checkpoints:
             policies.LatestN(n=keep_latest),
             policies.BestN(get_metric_fn=lambda m: m[SCORE], reverse=False, n=1),
         ]),
+        # Also makes orbax store each checkpoint's metrics and rank by them.
+        best_fn=lambda m: m[SCORE], best_mode='max',
         read_only=read_only, create=not read_only)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
 
@@ -43,10 +45,7 @@ class Checkpoints:
 
   def best_step(self) -> int | None:
     """The saved step with the highest score (None when nothing is saved)."""
-    scores = {step: (self._manager.metrics(step) or {}).get(SCORE)
-              for step in self._manager.all_steps()}
-    scored = [(score, step) for step, score in scores.items() if score is not None]
-    return max(scored)[1] if scored else None
+    return self._manager.best_step()
 
   def restore(self, target, step: int):
     """The checkpoint at `step`, laid out like `target` (arrays or ShapeDtypeStructs)."""

@@ -1,15 +1,54 @@
 """What the command-line entry points share."""
+import logging
 import sys
 
-from absl import logging
+from absl import flags
+from absl import logging as absl_logging
 
 from cifar_jax.errors import UserError
 
 
 def run_reporting_user_errors(fn, *args):
   """Calls `fn(*args)`; a UserError ends the program with its message alone, no traceback."""
-  logging.set_verbosity(logging.INFO)
+  # Libraries (orbax, jax) log every checkpoint write at INFO: show only their
+  # warnings, and this package's own progress messages.
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  logging.getLogger('cifar_jax').setLevel(logging.INFO)
   try:
     return fn(*args)
   except UserError as e:
     sys.exit(f'error: {e}')
+
+
+def flags_parser(define_late_flags=None):
+  """A `flags_parser` for `app.run` that reports bad flags in a line, without a traceback.
+
+  Args:
+    define_late_flags: optional `fn(argv)` that defines flags depending on
+      others (evaluate's --config comes from --workdir) before the full parse.
+  """
+
+  def parse(argv):
+    try:
+      if define_late_flags:
+        define_late_flags(argv)
+      remaining = flags.FLAGS(argv)
+      if 'config' in flags.FLAGS:
+        # A config file that failed to load stands in as an object that raises
+        # on first use: use it now, so the error is reported here.
+        flags.FLAGS.config.keys()
+      return remaining
+    except flags.Error as e:
+      sys.exit(f'error: {e}\nRun with --helpfull to list the flags.')
+    except OSError as e:
+      sys.exit(f'error: {e}')
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+      # ml_collections reports an unknown field as AttributeError/KeyError and a
+      # value of the wrong type as TypeError/ValueError, while parsing overrides.
+      detail = e
+      while isinstance(detail, Exception) and detail.args:  # Unwrap re-raised errors.
+        detail = detail.args[0]
+      sys.exit(f'error: bad --config override: {str(detail).replace(chr(10), " ")}\n'
+               'Every field, with its meaning, is declared in cifar_jax/config.py.')
+
+  return parse

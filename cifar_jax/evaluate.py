@@ -66,7 +66,10 @@ def evaluate(config, workdir: str, which: str = 'best') -> dict:
 
 
 def _define_config_flag(argv):
-  """Defines --config from the workdir's saved config, so --config.FIELD overrides apply to it."""
+  """Defines --config as the workdir's saved config.
+
+  So `--config.FIELD=VALUE` overrides apply to the config the run was trained with.
+  """
   flags.FLAGS(argv, known_only=True)
   path = os.path.join(_WORKDIR.value or '', 'config.json')
   config = metrics.load_config(_WORKDIR.value) if os.path.exists(path) else None
@@ -85,5 +88,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  _define_config_flag(sys.argv)
-  app.run(main)
+  app.run(main, flags_parser=cli.flags_parser(_define_config_flag))

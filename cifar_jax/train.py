@@ -13,6 +13,7 @@ state, so the host does no per-step work and sends nothing per step.
 """
 import dataclasses
 import functools
+import logging
 import os
 import time
 from typing import Any
@@ -24,7 +25,6 @@ import ml_collections
 import numpy as np
 import optax
 import tqdm
-from absl import logging
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
@@ -33,6 +33,8 @@ from cifar_jax import config as config_lib
 from cifar_jax.checkpoint import Checkpoints
 from cifar_jax.errors import UserError
 from cifar_jax.sharding import DATA_AXIS
+
+log = logging.getLogger(__name__)
 
 
 @flax.struct.dataclass
@@ -356,7 +358,7 @@ def restore_or_keep(checkpoints: Checkpoints, state: TrainState) -> TrainState:
   step = checkpoints.latest_step()
   if step is None:
     return state
-  logging.info('Resuming from the checkpoint at step %d in %s.', step, checkpoints.directory)
+  log.info('Resuming from the checkpoint at step %d in %s.', step, checkpoints.directory)
   return checkpoints.restore(state, step)
 
 
@@ -405,7 +407,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   eval_fn = compile_eval_fn(config, model, mesh, splits.num_classes)
   monitor_fn = compile_monitor_fn(config, plateau)
   monitored_split = 'val' if 'val' in splits.eval_sets else 'test'
-  log = metrics.MetricsLog(workdir)
+  metrics_log = metrics.MetricsLog(workdir)
 
   # 5. Train, evaluating every `eval_every` steps and at the end.
   step = int(state.step)
@@ -415,7 +417,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   try:
     while step < total_steps:
       if state.early_stopping.should_stop(patience):
-        logging.info('Early stopping at step %d: no improvement in %d evaluations.', step,
+        log.info('Early stopping at step %d: no improvement in %d evaluations.', step,
                      patience)
         break
       epoch_start = step // steps_per_epoch * steps_per_epoch
@@ -476,8 +478,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         record['hem_weight_max'] = train_totals['hem_weight_max']
       for name, result in results.items():
         record.update({f'{name}_{k}': v for k, v in result.items() if k != 'per_class_accuracy'})
-      log.write(_to_python(record))
-      logging.info('step %d: %s', step, ', '.join(
+      metrics_log.write(_to_python(record))
+      log.info('step %d: %s', step, ', '.join(
           f'{k}={v:.4g}' for k, v in record.items() if isinstance(v, float)))
       checkpoints.save(state, score=-monitored)
       train_totals, train_seconds = None, 0.0
@@ -486,7 +488,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       progress.close()
     checkpoints.wait()
     checkpoints.close()
-    log.close()
+    metrics_log.close()
   return state
 
 

@@ -11,11 +11,11 @@ def get_config():
   config.dataset.source = 'synthetic'
   config.dataset.synthetic_train_size = 512
   config.dataset.synthetic_test_size = 256
-  config.model.name = 'resnet18'
+  config.model.name = 'resnet10'
   config.model.width = 8
   config.batch_size = 64
   config.eval_batch_size = 128
-  config.num_epochs = 2
+  config.num_epochs = 3
   config.steps_per_call = 4
   config.schedule.name = 'constant'
   config.optimizer.learning_rate = 0.05
