@@ -16,11 +16,12 @@ import time
 import jax
 import jax.numpy as jnp
 from absl import app, flags
+from absl import logging as absl_logging
 from jax import lax
 from jax.sharding import PartitionSpec as P
 from ml_collections import config_flags
 
-from cifar_jax import augment, metrics, optim, sharding, train
+from cifar_jax import augment, metrics, optim, sharding, steps, train
 from cifar_jax.sharding import DATA_AXIS
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
@@ -28,17 +29,19 @@ _STEPS = flags.DEFINE_integer('steps', 50, 'Timed train steps (after the warm-up
 flags.mark_flag_as_required('config')
 
 
-def fixed_batch_fn(config, model, optimizer, mesh):
+def fixed_batch_fn(config, model, optimizer, mesh, device_loop: bool):
   """Train steps on one fixed batch with no augmentation: the step without its input pipeline."""
   no_augment = config.augment.copy_and_resolve_references()
   no_augment.unlock()
   no_augment.update(crop_padding=0, flip=False, cutout_size=0)
-  step_fn = functools.partial(train.train_step, model=model, optimizer=optimizer,
+  step_fn = functools.partial(steps.train_step, model=model, optimizer=optimizer,
                               augment_config=no_augment, hem_config=config.hem)
 
   def per_device(state, images, labels, stop_step):
     def body(state):
       return step_fn(state, images, labels, jax.random.fold_in(state.rng, state.step))[0]
+    if not device_loop:  # As the train function does on CPU: one step per call.
+      return body(state)
     return lax.while_loop(lambda s: s.step < stop_step, body, state)
 
   return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(DATA_AXIS),
@@ -46,17 +49,23 @@ def fixed_batch_fn(config, model, optimizer, mesh):
                                out_specs=P()), donate_argnums=0)
 
 
-def timed(fn, state, *args, steps):
-  """Seconds per step of `steps` steps, after `fn` has been compiled."""
+def timed(fn, state, *args, steps, steps_per_call):
+  """Seconds per step over `steps` steps taken `steps_per_call` a call, `fn` compiled already.
+
+  `fn` returns the state alone or (state, metrics).
+  """
   start_step = int(state.step)
   begin = time.perf_counter()
-  out = fn(state, *args, jnp.int32(start_step + steps))
-  jax.block_until_ready(out)
-  return (time.perf_counter() - begin) / steps, out
+  for stop_step in range(start_step + steps_per_call, start_step + steps + 1, steps_per_call):
+    out = fn(state, *args, jnp.int32(stop_step))
+    state = out[0] if isinstance(out, tuple) else out
+  jax.block_until_ready(state)
+  return (time.perf_counter() - begin) / (stop_step - start_step), state
 
 
 def main(argv):
   del argv
+  absl_logging.set_verbosity(absl_logging.WARNING)
   config = _CONFIG.value
   mesh = sharding.create_mesh()
   dataset, host = train.load_host_splits(config)
@@ -68,6 +77,7 @@ def main(argv):
   stats = augment.channel_stats(host['train'][0])
   # Steady-state steps must not cross an epoch boundary within one call.
   steps = min(_STEPS.value, steps_per_epoch - 1)
+  call_steps = min(train.steps_per_call(config), steps)
 
   train_fn = train.compile_train_fn(config, model, optimizer, mesh, splits.num_train,
                                     steps_per_epoch)
@@ -77,20 +87,21 @@ def main(argv):
   jax.block_until_ready(state)
   first_call = time.perf_counter() - begin
   with metrics.CompilationCounter() as compilations:
-    step_seconds, (state, _) = timed(train_fn, state, splits.train_images, splits.train_labels,
-                                     steps=steps)
+    step_seconds, state = timed(train_fn, state, splits.train_images, splits.train_labels,
+                                steps=steps, steps_per_call=call_steps)
 
-  fixed_fn = fixed_batch_fn(config, model, optimizer, mesh)
+  fixed_fn = fixed_batch_fn(config, model, optimizer, mesh, device_loop=call_steps > 1)
   batch = [sharding.shard_rows(a[:config.batch_size], mesh) for a in host['train']]
   fixed_state = train.create_train_state(config, model, optimizer, plateau, stats, mesh)
   fixed_state = fixed_fn(fixed_state, *batch, jnp.int32(1))
-  fixed_seconds, _ = timed(fixed_fn, fixed_state, *batch, steps=steps)
+  fixed_seconds, _ = timed(fixed_fn, fixed_state, *batch, steps=steps, steps_per_call=call_steps)
 
   print(json.dumps({
       'model': config.model.name, 'dtype': config.model.dtype, 'dataset': config.dataset.name,
       'source': config.dataset.source, 'devices': jax.device_count(),
       'device_kind': jax.devices()[0].device_kind, 'global_batch': config.batch_size,
-      'timed_steps': steps, 'compile_seconds': round(first_call - step_seconds, 3),
+      'timed_steps': steps, 'steps_per_call': call_steps,
+      'compile_seconds': round(first_call - step_seconds, 3),
       'step_seconds': round(step_seconds, 5),
       'images_per_sec': round(config.batch_size / step_seconds, 1),
       'fixed_batch_step_seconds': round(fixed_seconds, 5),

@@ -58,7 +58,7 @@ def evaluate(config, workdir: str, which: str = 'best') -> dict:
     checkpoints.close()
   eval_fn = train.compile_eval_fn(config, model, mesh, dataset.num_classes)
   test = train.place_eval_split(*host_splits['test'], config.eval_batch_size, mesh)
-  result = train.summarize_eval(eval_fn(state, *test))
+  result = metrics.summarize_eval(eval_fn(state, *test))
   per_class = dict(zip(dataset.class_names, result.pop('per_class_accuracy'), strict=False))
   return {'checkpoint_step': step, **{f'test_{k}': v for k, v in result.items()
                                       if k != 'num_examples'},

@@ -16,7 +16,6 @@ def get_config():
   config.batch_size = 64
   config.eval_batch_size = 128
   config.num_epochs = 3
-  config.steps_per_call = 4
   config.schedule.name = 'constant'
   config.optimizer.learning_rate = 0.05
   return config

@@ -12,12 +12,7 @@ def make_config(**overrides):
   config = config_lib.base_config()
   config.num_epochs = 10
   config.optimizer.learning_rate = 0.1
-  for path, value in overrides.items():
-    node = config
-    *parents, leaf = path.split('.')
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  config.update_from_flattened_dict(overrides)
   return config
 
 

@@ -1,6 +1,7 @@
 """The train and eval steps and the loop: parallel equals serial, resume equals uninterrupted."""
 import json
 import os
+import pickle
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from cifar_jax import augment, metrics, optim, sharding, train
+from cifar_jax import augment, data, metrics, optim, sharding, steps, train
 from cifar_jax import config as config_lib
 from cifar_jax.checkpoint import Checkpoints
 from cifar_jax.errors import UserError
@@ -29,12 +30,7 @@ def tiny_config(**overrides):
   config.steps_per_call = 3
   config.schedule.name = 'constant'
   config.optimizer.learning_rate = 0.05
-  for path, value in overrides.items():
-    node = config
-    *parents, leaf = path.split('.')
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  config.update_from_flattened_dict(overrides)
   return config
 
 
@@ -62,13 +58,16 @@ def assert_trees_close(a, b, rtol=1e-4, atol=1e-5):
                                                        rtol=rtol, atol=atol), a, b)
 
 
-@pytest.mark.parametrize('hem_mode', ['off', 'topk'])
-def test_steps_on_8_devices_equal_the_same_global_batches_on_1(hem_mode):
-  config = tiny_config(**{'hem.mode': hem_mode, 'augment.cutout_size': 8})
+@pytest.mark.parametrize('hem_mode,steps_per_call', [('off', 3), ('topk', 3), ('topk', 1)])
+def test_steps_on_8_devices_equal_the_same_global_batches_on_1(hem_mode, steps_per_call):
+  config = tiny_config(**{'hem.mode': hem_mode, 'augment.cutout_size': 8,
+                          'steps_per_call': steps_per_call})
   results = []
   for num_devices in (1, 8):
     state, splits, train_fn, *_ = build(config, mesh_of(num_devices))
-    state, totals = train_fn(state, splits.train_images, splits.train_labels, jnp.int32(3))
+    for stop_step in range(steps_per_call, 4, steps_per_call):  # Three steps in all.
+      state, totals = train_fn(state, splits.train_images, splits.train_labels,
+                               jnp.int32(stop_step))
     results.append((jax.device_get(state), jax.device_get(totals)))
   (one, one_totals), (eight, eight_totals) = results
   assert int(one.step) == int(eight.step) == 3
@@ -95,17 +94,17 @@ def test_train_fn_compiles_once_and_stops_where_told():
 
 def test_an_epoch_visits_distinct_examples_and_epochs_differ():
   permutation = jax.random.permutation(jax.random.PRNGKey(0), 100)
-  epoch = [np.asarray(train.batch_indices(permutation, step, batch_size=32, steps_per_epoch=3))
+  epoch = [np.asarray(steps.batch_indices(permutation, step, batch_size=32, steps_per_epoch=3))
            for step in range(3)]
   assert len(set(np.concatenate(epoch))) == 96  # Three whole batches; 4 rows skipped.
-  next_epoch_first = train.batch_indices(permutation, 3, batch_size=32, steps_per_epoch=3)
+  next_epoch_first = steps.batch_indices(permutation, 3, batch_size=32, steps_per_epoch=3)
   np.testing.assert_array_equal(next_epoch_first, epoch[0])  # Same permutation, same slice.
 
 
 def test_eval_counts_every_example_exactly_once():
   config = tiny_config()  # 100 test images in batches of 64: the last batch is padded.
   state, splits, _, eval_fn, model, host = build(config, mesh_of(8))
-  result = train.summarize_eval(eval_fn(state, *splits.eval_sets['test']))
+  result = metrics.summarize_eval(eval_fn(state, *splits.eval_sets['test']))
   images, labels = host['test']
   logits = model.apply({'params': state.params, 'batch_stats': state.batch_stats},
                        augment.normalize(images, state.image_mean, state.image_std), train=False)
@@ -200,3 +199,29 @@ def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 def test_batch_that_does_not_divide_across_devices_is_a_clear_error(tmp_path):
   with pytest.raises(UserError, match='divide evenly'):
     train.train_and_evaluate(tiny_config(**{'batch_size': 36}), str(tmp_path))
+
+
+def write_official_cifar100(directory):
+  """A small CIFAR-100 in the official `cifar-100-python/` layout, from synthetic images."""
+  dataset = data.load('cifar100', 'synthetic', synthetic_train_size=320, synthetic_test_size=100)
+  folder = directory / 'cifar-100-python'
+  folder.mkdir()
+  for name, split in (('train', dataset.train), ('test', dataset.test)):
+    rows = split.images.transpose(0, 3, 1, 2).reshape(len(split.labels), -1)  # 1024 R, G, B.
+    content = {'data': rows, 'fine_labels': split.labels.tolist(),
+               'coarse_labels': split.coarse_labels.tolist(),
+               'filenames': [f'{i}.png' for i in range(len(split.labels))]}
+    (folder / name).write_bytes(pickle.dumps(content, protocol=4))
+  (folder / 'meta').write_bytes(pickle.dumps(
+      {'fine_label_names': list(dataset.class_names),
+       'coarse_label_names': list(dataset.coarse_class_names)}, protocol=4))
+
+
+def test_cifar100_from_official_files_trains_and_evaluates(tmp_path):
+  write_official_cifar100(tmp_path)
+  config = tiny_config(**{'dataset.name': 'cifar100', 'dataset.source': 'local',
+                          'dataset.data_dir': str(tmp_path), 'num_epochs': 1})
+  state = train.train_and_evaluate(config, str(tmp_path / 'workdir'))
+  assert state.params['head']['kernel'].shape[-1] == 100
+  (record,) = metrics.read_metrics(str(tmp_path / 'workdir'))
+  assert record['step'] == 10 and record['test_num_examples'] == 100
