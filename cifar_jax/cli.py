@@ -18,6 +18,8 @@ def run_reporting_user_errors(fn, *args):
     return fn(*args)
   except UserError as e:
     sys.exit(f'error: {e}')
+  except KeyboardInterrupt:
+    sys.exit('interrupted: the same command resumes from the latest checkpoint.')
 
 
 def flags_parser(define_late_flags=None):
