@@ -97,15 +97,20 @@ def train_step(state: TrainState, images, labels, step_key, *, model, optimizer,
 
   Returns the new state and this step's metrics, summed over the global batch.
   """
-  keys = example_keys(step_key, images.shape[0])
+  augment_key, dropout_key = jax.random.split(step_key)
+  keys = example_keys(augment_key, images.shape[0])
   images = augment.augment(keys, images, crop_padding=augment_config.crop_padding,
                            flip=augment_config.flip, cutout_size=augment_config.cutout_size)
   inputs = augment.normalize(images, state.image_mean, state.image_std)
 
+  # Dropout and stochastic depth draw their masks for the local batch, so unlike
+  # everything else they depend on how the batch is split across devices.
+  dropout_key = jax.random.fold_in(dropout_key, lax.axis_index(DATA_AXIS))
+
   def loss_fn(params):
     logits, new_variables = model.apply(
         {'params': params, 'batch_stats': state.batch_stats}, inputs, train=True,
-        mutable=['batch_stats'])
+        mutable=['batch_stats'], rngs={'dropout': dropout_key})
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     weights, hem_stats = hem.example_weights(
         losses, mode=hem_config.mode, fraction=hem_config.fraction, boost=hem_config.boost,
