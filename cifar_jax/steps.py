@@ -45,7 +45,8 @@ def init_train_state(rng, model, optimizer, plateau, image_mean, image_std) -> T
   variables = model.init(init_key, jnp.zeros((1, 32, 32, 3)), train=False)
   params = variables['params']
   return TrainState(
-      step=jnp.array(0, jnp.int32), params=params, batch_stats=variables['batch_stats'],
+      # Models without BatchNorm (ViT) have no batch statistics.
+      step=jnp.array(0, jnp.int32), params=params, batch_stats=variables.get('batch_stats', {}),
       opt_state=optimizer.init(params),
       # The plateau transform only needs a float dtype from its "params".
       plateau=plateau.init(jnp.zeros((), jnp.float32)),
@@ -115,7 +116,8 @@ def train_step(state: TrainState, images, labels, step_key, *, model, optimizer,
     weights, hem_stats = hem.example_weights(
         losses, mode=hem_config.mode, fraction=hem_config.fraction, boost=hem_config.boost,
         temperature=hem_config.temperature, axis_name=DATA_AXIS)
-    return jnp.mean(weights * losses), (logits, losses, new_variables['batch_stats'], hem_stats)
+    batch_stats = new_variables.get('batch_stats', {})
+    return jnp.mean(weights * losses), (logits, losses, batch_stats, hem_stats)
 
   # The parameters are replicated (invariant over the data axis), and the
   # gradient with respect to an invariant value is implicitly summed over
