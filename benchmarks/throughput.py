@@ -9,7 +9,6 @@ pays for compilation, and the same step on one fixed batch without the input
 pipeline, so their ratio shows what the input pipeline costs. Also counts the
 compilations after the warm-up call (there should be none).
 """
-import functools
 import json
 import time
 
@@ -21,7 +20,7 @@ from jax import lax
 from jax.sharding import PartitionSpec as P
 from ml_collections import config_flags
 
-from cifar_jax import augment, metrics, optim, sharding, steps, train
+from cifar_jax import augment, metrics, optim, sharding, train
 from cifar_jax.sharding import DATA_AXIS
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
@@ -34,8 +33,7 @@ def fixed_batch_fn(config, model, optimizer, mesh, device_loop: bool):
   no_augment = config.augment.copy_and_resolve_references()
   no_augment.unlock()
   no_augment.update(crop_padding=0, flip=False, cutout_size=0)
-  step_fn = functools.partial(steps.train_step, model=model, optimizer=optimizer,
-                              augment_config=no_augment, hem_config=config.hem)
+  step_fn = train.train_step_fn(config, model, optimizer, augment_config=no_augment)
 
   def per_device(state, images, labels, stop_step):
     def body(state):

@@ -10,6 +10,7 @@ from cifar_jax.errors import UserError
 
 MONITORS = ('accuracy', 'loss')
 SCHEDULES = ('constant', 'piecewise', 'cosine', 'onecycle')
+OPTIMIZERS = ('sgd', 'adamw')
 HEM_MODES = ('off', 'topk', 'softmax')
 
 
@@ -52,19 +53,33 @@ def base_config() -> ml_collections.ConfigDict:
   c.steps_per_call = 0
 
   c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.name = 'sgd'  # 'sgd' | 'adamw'.
   c.optimizer.learning_rate = 0.1  # Peak rate for the global batch.
-  c.optimizer.momentum = 0.9
-  c.optimizer.nesterov = False
-  # Coupled L2 (added to the gradient, as PyTorch's SGD weight_decay). Keras'
-  # l2(5e-4) regulariser adds 5e-4 * |w|^2 to the loss, i.e. twice this.
+  c.optimizer.momentum = 0.9  # 'sgd'.
+  c.optimizer.nesterov = False  # 'sgd'.
+  c.optimizer.b1 = 0.9  # 'adamw'.
+  c.optimizer.b2 = 0.999  # 'adamw'.
+  # 'sgd': coupled L2, added to the gradient as PyTorch's SGD weight_decay does
+  # (Keras' l2(5e-4) regulariser adds 5e-4 * |w|^2 to the loss, i.e. twice
+  # this). 'adamw': decoupled, multiplied by the learning rate.
   c.optimizer.weight_decay = 5e-4
   c.optimizer.decay_norm_and_bias = True  # False exempts BatchNorm and biases.
+  c.optimizer.grad_clip_norm = 0.0  # Clip the global gradient norm to this; 0 is off.
+  # Sharpness-aware minimisation: the radius of the ascent step; 0 is off.
+  # Each step then costs two forward and backward passes.
+  c.optimizer.sam_rho = 0.0
 
   c.schedule = ml_collections.ConfigDict()
   c.schedule.name = 'cosine'  # 'constant' | 'piecewise' | 'cosine' | 'onecycle'.
   c.schedule.warmup_epochs = 0.0  # Linear warm-up from 0 ('cosine' only).
   c.schedule.boundaries_epochs = (60, 120, 160)  # 'piecewise' only.
   c.schedule.decay_factor = 0.2  # Rate multiplier at each boundary ('piecewise').
+
+  c.label_smoothing = 0.0  # Share of each target spread evenly over all classes.
+  # Exponential moving average of the weights, evaluated beside the raw weights
+  # (`ema_*` metrics): ema <- decay * ema + (1 - decay) * params every step; 0 is off.
+  c.ema_decay = 0.0
+  c.eval_flip_tta = False  # Evaluate on the mean logits of each image and its mirror.
 
   # The metric evaluated on the validation split (test split when there is
   # none) that drives plateau cuts, early stopping and the best checkpoint.
@@ -110,6 +125,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_choice(config.monitor, MONITORS, 'monitor')
   _check_choice(config.schedule.name, SCHEDULES, 'schedule.name')
   _check_choice(config.hem.mode, HEM_MODES, 'hem.mode')
+  _check_choice(config.optimizer.name, OPTIMIZERS, 'optimizer.name')
+  if not 0 <= config.label_smoothing < 1:
+    raise UserError(f'config.label_smoothing must be in [0, 1), got {config.label_smoothing}.')
+  if not 0 <= config.ema_decay < 1:
+    raise UserError(f'config.ema_decay must be in [0, 1) (0 is off), got {config.ema_decay}.')
   positive = {
       'batch_size': config.batch_size, 'eval_batch_size': config.eval_batch_size,
       'num_epochs': config.num_epochs, 'eval_every_epochs': config.eval_every_epochs,

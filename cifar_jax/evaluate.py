@@ -49,7 +49,8 @@ def evaluate(config, workdir: str, which: str = 'best') -> dict:
   dataset, host_splits = train.load_host_splits(config)
   model = train.create_model(config, dataset.num_classes)
   optimizer = optim.create_optimizer(config, optim.create_schedule(config, steps_per_epoch=1))
-  abstract = train.abstract_train_state(model, optimizer, optim.create_plateau(config), mesh)
+  abstract = train.abstract_train_state(config, model, optimizer, optim.create_plateau(config),
+                                        mesh)
   checkpoints = Checkpoints(workdir, read_only=True)
   try:
     step = choose_step(checkpoints, which)

@@ -45,13 +45,18 @@ def _decay_mask(params):
 
 def create_optimizer(config: ml_collections.ConfigDict,
                      schedule: optax.Schedule) -> optax.GradientTransformation:
-  """SGD with momentum and coupled L2 weight decay."""
+  """SGD with momentum and coupled L2 weight decay, or AdamW; optional gradient clipping."""
   o = config.optimizer
-  return optax.chain(
-      optax.add_decayed_weights(
-          o.weight_decay, mask=None if o.decay_norm_and_bias else _decay_mask),
-      optax.sgd(schedule, momentum=o.momentum, nesterov=o.nesterov),
-  )
+  mask = None if o.decay_norm_and_bias else _decay_mask
+  if o.name == 'adamw':
+    update = optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=mask)
+  else:
+    update = optax.chain(optax.add_decayed_weights(o.weight_decay, mask=mask),
+                         optax.sgd(schedule, momentum=o.momentum, nesterov=o.nesterov))
+  if o.grad_clip_norm:
+    # Clipping sees the raw gradient, before weight decay is added.
+    return optax.chain(optax.clip_by_global_norm(o.grad_clip_norm), update)
+  return update
 
 
 # The monitored metric is turned into a loss (lower is better) for both the

@@ -30,6 +30,7 @@ class TrainState:
   params: Any
   batch_stats: Any
   opt_state: optax.OptState
+  ema_params: Any  # Moving average of `params` when `ema_decay` > 0, else {}.
   plateau: Any  # optax's ReduceLROnPlateauState; `.scale` multiplies the rate.
   early_stopping: optim.EarlyStoppingState
   rng: jax.Array  # Root key: data order and augmentation derive from it and the step.
@@ -39,7 +40,8 @@ class TrainState:
   image_std: jax.Array
 
 
-def init_train_state(rng, model, optimizer, plateau, image_mean, image_std) -> TrainState:
+def init_train_state(rng, model, optimizer, plateau, image_mean, image_std,
+                     ema: bool = False) -> TrainState:
   """A fresh train state (pure; jit it with output shardings to create it on the mesh)."""
   init_key, state_key = jax.random.split(rng)
   variables = model.init(init_key, jnp.zeros((1, 32, 32, 3)), train=False)
@@ -47,7 +49,7 @@ def init_train_state(rng, model, optimizer, plateau, image_mean, image_std) -> T
   return TrainState(
       # Models without BatchNorm (ViT) have no batch statistics.
       step=jnp.array(0, jnp.int32), params=params, batch_stats=variables.get('batch_stats', {}),
-      opt_state=optimizer.init(params),
+      opt_state=optimizer.init(params), ema_params=params if ema else {},
       # The plateau transform only needs a float dtype from its "params".
       plateau=plateau.init(jnp.zeros((), jnp.float32)),
       early_stopping=optim.EarlyStoppingState.create(), rng=state_key,
@@ -93,8 +95,9 @@ def example_keys(step_key, local_batch_size: int):
 
 
 def train_step(state: TrainState, images, labels, step_key, *, model, optimizer,
-               augment_config, hem_config):
-  """One SGD step on this device's share of a global batch (per-device code).
+               augment_config, hem_config, label_smoothing: float = 0.0, sam_rho: float = 0.0,
+               ema_decay: float = 0.0):
+  """One optimiser step on this device's share of a global batch (per-device code).
 
   Returns the new state and this step's metrics, summed over the global batch.
   """
@@ -103,7 +106,6 @@ def train_step(state: TrainState, images, labels, step_key, *, model, optimizer,
   images = augment.augment(keys, images, crop_padding=augment_config.crop_padding,
                            flip=augment_config.flip, cutout_size=augment_config.cutout_size)
   inputs = augment.normalize(images, state.image_mean, state.image_std)
-
   # Dropout and stochastic depth draw their masks for the local batch, so unlike
   # everything else they depend on how the batch is split across devices.
   dropout_key = jax.random.fold_in(dropout_key, lax.axis_index(DATA_AXIS))
@@ -112,27 +114,39 @@ def train_step(state: TrainState, images, labels, step_key, *, model, optimizer,
     logits, new_variables = model.apply(
         {'params': params, 'batch_stats': state.batch_stats}, inputs, train=True,
         mutable=['batch_stats'], rngs={'dropout': dropout_key})
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+    losses = optax.softmax_cross_entropy(logits, targets)
     weights, hem_stats = hem.example_weights(
         losses, mode=hem_config.mode, fraction=hem_config.fraction, boost=hem_config.boost,
         temperature=hem_config.temperature, axis_name=DATA_AXIS)
     batch_stats = new_variables.get('batch_stats', {})
     return jnp.mean(weights * losses), (logits, losses, batch_stats, hem_stats)
 
-  # The parameters are replicated (invariant over the data axis), and the
-  # gradient with respect to an invariant value is implicitly summed over
-  # devices. Differentiating a device-varying view instead gives each device
-  # the gradient of its own share, averaged explicitly below as with pmap.
-  local_params = lax.pcast(state.params, DATA_AXIS, to='varying')
-  grads, (logits, losses, batch_stats, hem_stats) = jax.grad(loss_fn, has_aux=True)(local_params)
-  # Every device holds an equal share, so the mean of the per-device mean
-  # gradients is the gradient of the global batch's mean loss.
-  grads = lax.pmean(grads, DATA_AXIS)
+  def global_grads(params):
+    # The parameters are replicated (invariant over the data axis), and the
+    # gradient with respect to an invariant value is implicitly summed over
+    # devices. Differentiating a device-varying view instead gives each device
+    # the gradient of its own share; every device holds an equal share, so
+    # their mean is the gradient of the global batch's mean loss.
+    local_params = lax.pcast(params, DATA_AXIS, to='varying')
+    grads, aux = jax.grad(loss_fn, has_aux=True)(local_params)
+    return lax.pmean(grads, DATA_AXIS), aux
+
+  grads, (logits, losses, batch_stats, hem_stats) = global_grads(state.params)
+  if sam_rho:
+    # SAM: step to the (first-order) worst point within `sam_rho` of the
+    # parameters and descend with the gradient found there. The ascent uses the
+    # global gradient, so it does not depend on the device count; BatchNorm
+    # statistics and metrics come from the first pass.
+    scale = sam_rho / (optax.tree.norm(grads) + 1e-12)
+    grads, _ = global_grads(jax.tree.map(lambda p, g: p + scale * g, state.params, grads))
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   updates = jax.tree.map(lambda u: u * state.plateau.scale, updates)
-  new_state = state.replace(
-      step=state.step + 1, params=optax.apply_updates(state.params, updates),
-      batch_stats=batch_stats, opt_state=opt_state)
+  params = optax.apply_updates(state.params, updates)
+  ema_params = (optax.incremental_update(params, state.ema_params, step_size=1 - ema_decay)
+                if ema_decay else state.ema_params)
+  new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                            opt_state=opt_state, ema_params=ema_params)
   step_metrics = {
       'loss_sum': lax.psum(jnp.sum(losses), DATA_AXIS),
       'correct': lax.psum(jnp.sum(jnp.argmax(logits, -1) == labels), DATA_AXIS),
@@ -180,8 +194,18 @@ def train_steps(state: TrainState, images, labels, stop_step, *, num_train: int,
   return lax.while_loop(lambda c: c[0].step < stop_step, body, (state, zeros))
 
 
+def predict(state: TrainState, images, *, model, flip_tta: bool = False):
+  """Logits of uint8 images; with `flip_tta`, the mean of the image's and its mirror's."""
+  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  inputs = augment.normalize(images, state.image_mean, state.image_std)
+  logits = model.apply(variables, inputs, train=False)
+  if flip_tta:
+    logits = (logits + model.apply(variables, inputs[:, :, ::-1], train=False)) / 2
+  return logits
+
+
 def eval_step(state: TrainState, images, labels, mask, *, model, local_batch_size: int,
-              num_classes: int):
+              num_classes: int, flip_tta: bool = False):
   """Sums of loss, top-1/top-5 hits and per-class hits over a split (per-device code).
 
   Each device evaluates its own rows in batches; the sums are added across devices.
@@ -189,8 +213,7 @@ def eval_step(state: TrainState, images, labels, mask, *, model, local_batch_siz
 
   def batch_sums(batch):
     x, y, m = batch
-    logits = model.apply({'params': state.params, 'batch_stats': state.batch_stats},
-                         augment.normalize(x, state.image_mean, state.image_std), train=False)
+    logits = predict(state, x, model=model, flip_tta=flip_tta)
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
     top5 = lax.top_k(logits, min(5, num_classes))[1]
     hit1 = (top5[:, 0] == y) & m

@@ -97,15 +97,16 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int):
 def create_train_state(config, model, optimizer, plateau, image_stats, mesh) -> steps.TrainState:
   """A fresh state, created directly on the mesh (replicated)."""
   init = functools.partial(steps.init_train_state, model=model, optimizer=optimizer,
-                           plateau=plateau)
+                           plateau=plateau, ema=config.ema_decay > 0)
   return jax.jit(init, out_shardings=sharding.replicated(mesh))(
       jax.random.PRNGKey(config.seed), image_mean=image_stats[0], image_std=image_stats[1])
 
 
-def abstract_train_state(model, optimizer, plateau, mesh) -> steps.TrainState:
+def abstract_train_state(config, model, optimizer, plateau, mesh) -> steps.TrainState:
   """The state's shapes, dtypes and shardings, to restore a checkpoint into."""
   shapes = jax.eval_shape(functools.partial(
-      steps.init_train_state, model=model, optimizer=optimizer, plateau=plateau),
+      steps.init_train_state, model=model, optimizer=optimizer, plateau=plateau,
+      ema=config.ema_decay > 0),
       jax.random.PRNGKey(0), image_mean=np.zeros(3, np.float32),
       image_std=np.ones(3, np.float32))
   return jax.tree.map(
@@ -119,10 +120,18 @@ def steps_per_call(config) -> int:
   return 1 if jax.default_backend() == 'cpu' else 10
 
 
+def train_step_fn(config, model, optimizer, augment_config=None):
+  """`steps.train_step` with everything but its arrays bound from the config."""
+  return functools.partial(
+      steps.train_step, model=model, optimizer=optimizer,
+      augment_config=augment_config or config.augment, hem_config=config.hem,
+      label_smoothing=config.label_smoothing, sam_rho=config.optimizer.sam_rho,
+      ema_decay=config.ema_decay)
+
+
 def compile_train_fn(config, model, optimizer, mesh, num_train: int, steps_per_epoch: int):
   """The jitted `(state, images, labels, stop_step) -> (state, metric sums)`."""
-  step_fn = functools.partial(steps.train_step, model=model, optimizer=optimizer,
-                              augment_config=config.augment, hem_config=config.hem)
+  step_fn = train_step_fn(config, model, optimizer)
   per_device = functools.partial(
       steps.train_steps, num_train=num_train, batch_size=config.batch_size,
       steps_per_epoch=steps_per_epoch, step_fn=step_fn,
@@ -137,7 +146,7 @@ def compile_eval_fn(config, model, mesh, num_classes: int):
   """The jitted `(state, images, labels, mask) -> sums` over a whole split."""
   per_device = functools.partial(
       steps.eval_step, model=model, local_batch_size=config.eval_batch_size // mesh.size,
-      num_classes=num_classes)
+      num_classes=num_classes, flip_tta=config.eval_flip_tta)
   return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), *[P(DATA_AXIS)] * 3),
                                out_specs=P()))
 
@@ -256,6 +265,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
       # Evaluate, feed the monitors, log, checkpoint.
       results = {name: metrics.summarize_eval(eval_fn(state, *arrays))
                  for name, arrays in splits.eval_sets.items()}
+      if config.ema_decay:
+        ema_state = state.replace(params=state.ema_params)
+        results.update({f'ema_{name}': metrics.summarize_eval(eval_fn(ema_state, *arrays))
+                        for name, arrays in splits.eval_sets.items()})
       monitored = optim.monitor_loss(results[monitored_split], config.monitor)
       # Only scheduled evaluations count towards plateau and early stopping, so
       # stopping early (max_steps) and resuming changes nothing.

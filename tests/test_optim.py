@@ -112,3 +112,23 @@ def test_early_stopping_fires_after_patience_evaluations_without_improvement():
 def test_monitor_loss_turns_accuracy_into_a_loss():
   assert optim.monitor_loss({'accuracy': 0.7, 'loss': 1.2}, 'accuracy') == -0.7
   assert optim.monitor_loss({'accuracy': 0.7, 'loss': 1.2}, 'loss') == 1.2
+
+
+def test_gradient_clipping_caps_the_global_norm():
+  config = make_config(**{'schedule.name': 'constant', 'optimizer.momentum': 0.0,
+                          'optimizer.weight_decay': 0.0, 'optimizer.learning_rate': 1.0,
+                          'optimizer.grad_clip_norm': 0.5})
+  tx = optim.create_optimizer(config, optim.create_schedule(config, 1))
+  params = {'w': jnp.zeros(2)}
+  updates, _ = tx.update({'w': jnp.array([3.0, 4.0])}, tx.init(params), params)
+  np.testing.assert_allclose(updates['w'], [-0.3, -0.4], rtol=1e-6)  # Norm 5 clipped to 0.5.
+
+
+def test_adamw_decays_weights_decoupled_from_the_gradient():
+  config = make_config(**{'schedule.name': 'constant', 'optimizer.name': 'adamw',
+                          'optimizer.learning_rate': 0.1, 'optimizer.weight_decay': 0.5})
+  tx = optim.create_optimizer(config, optim.create_schedule(config, 1))
+  params = {'kernel': jnp.full(2, 2.0)}
+  updates, _ = tx.update({'kernel': jnp.zeros(2)}, tx.init(params), params)
+  # Zero gradient: Adam's step is 0 and only the decay -lr * wd * w remains.
+  np.testing.assert_allclose(updates['kernel'], -0.1 * 0.5 * 2.0, rtol=1e-6)

@@ -179,11 +179,15 @@ def test_plateau_lowers_the_rate_and_early_stopping_ends_the_run(tmp_path):
 
 
 def test_validation_split_is_held_out_and_monitored(tmp_path):
-  config = tiny_config(**{'num_epochs': 1, 'dataset.validation_size': 64})
+  # With the recipe options on, to run them through the loop once.
+  config = tiny_config(**{'num_epochs': 1, 'dataset.validation_size': 64, 'ema_decay': 0.9,
+                          'eval_flip_tta': True, 'optimizer.sam_rho': 0.05,
+                          'label_smoothing': 0.1, 'optimizer.grad_clip_norm': 1.0})
   train.train_and_evaluate(config, str(tmp_path))
   (record,) = metrics.read_metrics(str(tmp_path))
   assert record['val_num_examples'] == 64 and record['test_num_examples'] == 100
   assert record['step'] == (256 - 64) // 32
+  assert record['ema_val_num_examples'] == 64 and 'ema_test_accuracy' in record
 
 
 def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(tmp_path):
