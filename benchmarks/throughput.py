@@ -32,7 +32,8 @@ def fixed_batch_fn(config, model, optimizer, mesh, device_loop: bool):
   """Train steps on one fixed batch with no augmentation: the step without its input pipeline."""
   no_augment = config.augment.copy_and_resolve_references()
   no_augment.unlock()
-  no_augment.update(crop_padding=0, flip=False, cutout_size=0)
+  no_augment.update(crop_padding=0, flip=False, cutout_size=0, randaugment_ops=0,
+                    mixup_alpha=0.0, cutmix_alpha=0.0)
   step_fn = train.train_step_fn(config, model, optimizer, augment_config=no_augment)
 
   def per_device(state, images, labels, stop_step):

@@ -34,6 +34,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.augment.crop_padding = 4  # Pixels of zero padding before a random 32x32 crop.
   c.augment.flip = True  # Random horizontal flips.
   c.augment.cutout_size = 0  # Side of the zeroed square in pixels; 0 is off.
+  c.augment.randaugment_ops = 0  # RandAugment operations per image; 0 is off.
+  c.augment.randaugment_magnitude = 9.0  # RandAugment's magnitude, 0 to 10.
+  # Mixup and CutMix pair the examples of each device's share of the batch.
+  c.augment.mixup_alpha = 0.0  # Beta(alpha, alpha) mixing weight; 0 is off.
+  c.augment.cutmix_alpha = 0.0  # 0 is off.
+  c.augment.mix_switch_prob = 0.5  # With both on: the chance a batch gets CutMix.
 
   # `name` picks the family in `cifar_jax.models`; the other fields go to it.
   c.model = ml_collections.ConfigDict()

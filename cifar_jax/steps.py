@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from cifar_jax import augment, hem, optim
+from cifar_jax import augment, hem, mixing, optim, randaugment
 from cifar_jax.sharding import DATA_AXIS
 
 
@@ -101,20 +101,28 @@ def train_step(state: TrainState, images, labels, step_key, *, model, optimizer,
 
   Returns the new state and this step's metrics, summed over the global batch.
   """
-  augment_key, dropout_key = jax.random.split(step_key)
-  keys = example_keys(augment_key, images.shape[0])
-  images = augment.augment(keys, images, crop_padding=augment_config.crop_padding,
-                           flip=augment_config.flip, cutout_size=augment_config.cutout_size)
+  a = augment_config
+  augment_key, policy_key, mix_key, dropout_key = jax.random.split(step_key, 4)
+  images = augment.augment(example_keys(augment_key, images.shape[0]), images,
+                           crop_padding=a.crop_padding, flip=a.flip, cutout_size=a.cutout_size)
+  if a.randaugment_ops:
+    images = randaugment.randaugment(example_keys(policy_key, images.shape[0]), images,
+                                     num_ops=a.randaugment_ops, magnitude=a.randaugment_magnitude)
+  # Mixing, dropout and stochastic depth draw for the local batch, so unlike the
+  # rest they depend on how the batch is split across devices.
+  device = lax.axis_index(DATA_AXIS)
+  num_classes = model.num_classes
+  images, targets = mixing.mix(
+      jax.random.fold_in(mix_key, device), images, labels, mixup_alpha=a.mixup_alpha,
+      cutmix_alpha=a.cutmix_alpha, switch_prob=a.mix_switch_prob, num_classes=num_classes)
+  targets = optax.smooth_labels(targets, label_smoothing)
   inputs = augment.normalize(images, state.image_mean, state.image_std)
-  # Dropout and stochastic depth draw their masks for the local batch, so unlike
-  # everything else they depend on how the batch is split across devices.
-  dropout_key = jax.random.fold_in(dropout_key, lax.axis_index(DATA_AXIS))
+  dropout_key = jax.random.fold_in(dropout_key, device)
 
   def loss_fn(params):
     logits, new_variables = model.apply(
         {'params': params, 'batch_stats': state.batch_stats}, inputs, train=True,
         mutable=['batch_stats'], rngs={'dropout': dropout_key})
-    targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
     losses = optax.softmax_cross_entropy(logits, targets)
     weights, hem_stats = hem.example_weights(
         losses, mode=hem_config.mode, fraction=hem_config.fraction, boost=hem_config.boost,

@@ -29,7 +29,10 @@ class Linear(nn.Module):
         x.reshape(x.shape[0], -1))
 
 
-NO_AUGMENT = ml_collections.ConfigDict({'crop_padding': 0, 'flip': False, 'cutout_size': 0})
+NO_AUGMENT = ml_collections.ConfigDict({
+    'crop_padding': 0, 'flip': False, 'cutout_size': 0, 'randaugment_ops': 0,
+    'randaugment_magnitude': 9.0, 'mixup_alpha': 0.0, 'cutmix_alpha': 0.0,
+    'mix_switch_prob': 0.5})
 NO_HEM = ml_collections.ConfigDict({'mode': 'off', 'fraction': 0.25, 'boost': 2.0,
                                     'temperature': 1.0})
 

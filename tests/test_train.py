@@ -182,7 +182,9 @@ def test_validation_split_is_held_out_and_monitored(tmp_path):
   # With the recipe options on, to run them through the loop once.
   config = tiny_config(**{'num_epochs': 1, 'dataset.validation_size': 64, 'ema_decay': 0.9,
                           'eval_flip_tta': True, 'optimizer.sam_rho': 0.05,
-                          'label_smoothing': 0.1, 'optimizer.grad_clip_norm': 1.0})
+                          'label_smoothing': 0.1, 'optimizer.grad_clip_norm': 1.0,
+                          'augment.randaugment_ops': 2, 'augment.mixup_alpha': 0.2,
+                          'augment.cutmix_alpha': 1.0})
   train.train_and_evaluate(config, str(tmp_path))
   (record,) = metrics.read_metrics(str(tmp_path))
   assert record['val_num_examples'] == 64 and record['test_num_examples'] == 100

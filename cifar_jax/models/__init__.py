@@ -15,13 +15,38 @@ import jax
 import jax.numpy as jnp
 
 from cifar_jax.errors import UserError
-from cifar_jax.models import resnet
+from cifar_jax.models import (
+    efficientnet,
+    preact_resnet,
+    resnet,
+    simple_cnn,
+    vgg,
+    vit,
+    wide_resnet,
+    xception,
+)
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     'resnet10': resnet.ResNet10,
     'resnet18': resnet.ResNet18,
     'resnet34': resnet.ResNet34,
     'resnet50': resnet.ResNet50,
+    'simple_cnn': simple_cnn.SimpleCNN,
+    'vgg11': vgg.VGG11,
+    'vgg13': vgg.VGG13,
+    'vgg16': vgg.VGG16,
+    'vgg19': vgg.VGG19,
+    'preact_resnet18': preact_resnet.PreActResNet18,
+    'wide_resnet': wide_resnet.WideResNet,
+    'wrn16_8': wide_resnet.WRN16_8,
+    'wrn28_10': wide_resnet.WRN28_10,
+    'vit_tiny_p4': vit.ViTTinyP4,
+    'vit_small_p4': vit.ViTSmallP4,
+    'vit_b16': vit.ViTB16,
+    'vit_b32': vit.ViTB32,
+    'vit_l16': vit.ViTL16,
+    'efficientnet_b0': efficientnet.EfficientNetB0,
+    'xception': xception.Xception,
 }
 
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}

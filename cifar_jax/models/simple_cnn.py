@@ -1,0 +1,81 @@
+"""A small VGG-style CNN: the baseline of the well-known Keras CIFAR-10 tutorial, in NHWC layout.
+
+Two blocks of two 3x3 'same' convolutions (32 then 64 filters), each followed by 2x2 max-pooling
+and dropout that grows with depth (0.2, 0.3); then a 128-unit Dense layer with dropout 0.5 and the
+classifier. As in the tutorial, BatchNorm follows each ReLU, and the convolutions and the hidden
+Dense layer have biases and He-uniform initialisation. With 10 classes and 32x32 images the model
+has 591,914 parameters.
+"""
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+# Dropout rate after each block, then before the classifier: more regularisation where the layers
+# are wider and closer to the output.
+_BLOCK_DROPOUT = (0.2, 0.3)
+_DENSE_DROPOUT = 0.5
+_DENSE_FEATURES = 128
+
+
+class SimpleCNN(nn.Module):
+  """Two VGG-style blocks (widths w, 2w), a hidden Dense layer and a classifier.
+
+  Attributes:
+    num_classes: Number of output logits.
+    width: Filters of the first block's convolutions; the second block has twice as many.
+    dropout: Whether to apply the dropout layers in train mode (train mode then needs a
+      'dropout' PRNG stream). Eval mode never drops.
+    dtype: Compute dtype. Parameters and BatchNorm statistics are always float32.
+    bn_axis_name: Named mesh axis over which BatchNorm averages batch statistics, so that a
+      `shard_map`ped step over that axis matches a single-device step on the global batch.
+      None normalises each device's examples on their own.
+    bn_momentum: Decay of the BatchNorm running averages (0.9 equals PyTorch's momentum=0.1).
+  """
+  num_classes: int
+  width: int = 32
+  dropout: bool = True
+  dtype: Any = jnp.float32
+  bn_axis_name: str | None = None
+  bn_momentum: float = 0.9
+
+  @nn.compact
+  def __call__(self, x, *, train: bool):
+    """Computes class logits.
+
+    Args:
+      x: Normalised images, float [B, H, W, C].
+      train: Whether to drop activations (if `dropout`) and to normalise with batch statistics
+        and update the running averages (requires `mutable=['batch_stats']`).
+
+    Returns:
+      float32 logits [B, num_classes].
+    """
+    conv = functools.partial(nn.Conv, kernel_size=(3, 3), padding=((1, 1), (1, 1)),
+                             kernel_init=nn.initializers.he_uniform(), dtype=self.dtype,
+                             param_dtype=jnp.float32)
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train,
+                             momentum=self.bn_momentum, epsilon=1e-5, dtype=self.dtype,
+                             param_dtype=jnp.float32, axis_name=self.bn_axis_name)
+    deterministic = not (train and self.dropout)
+
+    x = x.astype(self.dtype)
+    for block, rate in enumerate(_BLOCK_DROPOUT):
+      features = self.width * 2**block
+      for layer in range(2):
+        x = conv(features, name=f'block{block + 1}_conv{layer + 1}')(x)
+        # The tutorial normalises after the activation, not before it.
+        x = norm(name=f'block{block + 1}_bn{layer + 1}')(nn.relu(x))
+      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      x = nn.Dropout(rate, deterministic=deterministic)(x)
+    x = x.reshape(x.shape[0], -1)
+    x = nn.Dense(_DENSE_FEATURES, kernel_init=nn.initializers.he_uniform(), dtype=self.dtype,
+                 param_dtype=jnp.float32, name='dense')(x)
+    x = norm(name='dense_bn')(nn.relu(x))
+    x = nn.Dropout(_DENSE_DROPOUT, deterministic=deterministic)(x)
+    # A zero head makes every initial prediction uniform, as in the ResNets.
+    x = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, dtype=self.dtype,
+                 param_dtype=jnp.float32, name='head')(x)
+    return x.astype(jnp.float32)

@@ -1,0 +1,91 @@
+"""Wide ResNets (Zagoruyko & Komodakis, 2016) for CIFAR, in NHWC layout.
+
+WRN-d-k has a 3x3 stem with 16 channels and three stages of (d - 4) / 6 pre-activation basic
+blocks with 16k, 32k and 64k channels, the last two starting at stride 2; a final BN-ReLU, global
+average pool and Dense give the logits. Dropout, when on, sits between the two convolutions of
+each block. WRN-28-10 has 36,479,194 parameters with 10 classes.
+"""
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from cifar_jax.errors import UserError
+from cifar_jax.models.preact_resnet import PreActBlock
+
+# He (kaiming) normal with fan_out, as for the ResNets.
+_conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+
+class WideResNet(nn.Module):
+  """WRN-depth-widen_factor: 3x3 stem, three stages of widened pre-activation blocks, Dense.
+
+  Attributes:
+    num_classes: Number of output logits.
+    depth: Total layer count d; (d - 4) must be a multiple of 6.
+    widen_factor: k, the factor widening every stage relative to `width`.
+    dropout_rate: Share of activations dropped between the two convolutions of each block in
+      train mode (train mode then needs a 'dropout' PRNG stream); 0 is off.
+    width: Channels of the stem; the stages have k, 2k and 4k times as many (16 in the paper).
+    dtype: Compute dtype. Parameters and BatchNorm statistics are always float32.
+    bn_axis_name: Named mesh axis over which BatchNorm averages batch statistics, so that a
+      `shard_map`ped step over that axis matches a single-device step on the global batch.
+      None normalises each device's examples on their own.
+    bn_momentum: Decay of the BatchNorm running averages (0.9 equals PyTorch's momentum=0.1).
+  """
+  num_classes: int
+  depth: int = 28
+  widen_factor: int = 10
+  dropout_rate: float = 0.0
+  width: int = 16
+  dtype: Any = jnp.float32
+  bn_axis_name: str | None = None
+  bn_momentum: float = 0.9
+
+  def __post_init__(self):
+    # Checked here so a bad config fails when the model is created, not deep inside tracing.
+    if self.depth < 10 or (self.depth - 4) % 6:
+      raise UserError(f'wide_resnet depth must be 6n + 4 for n >= 1 (10, 16, 22, 28, 40, ...), '
+                      f'got {self.depth}')
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, x, *, train: bool):
+    """Computes class logits.
+
+    Args:
+      x: Normalised images, float [B, H, W, C].
+      train: Whether to drop activations (if `dropout_rate` > 0) and to normalise with batch
+        statistics and update the running averages (requires `mutable=['batch_stats']`).
+
+    Returns:
+      float32 logits [B, num_classes].
+    """
+    conv = functools.partial(nn.Conv, use_bias=False, kernel_init=_conv_init, dtype=self.dtype,
+                             param_dtype=jnp.float32)
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train,
+                             momentum=self.bn_momentum, epsilon=1e-5, dtype=self.dtype,
+                             param_dtype=jnp.float32, axis_name=self.bn_axis_name)
+    dropout = functools.partial(nn.Dropout, rate=self.dropout_rate, deterministic=not train)
+    blocks_per_stage = (self.depth - 4) // 6
+
+    x = x.astype(self.dtype)
+    x = conv(self.width, (3, 3), padding=((1, 1), (1, 1)), name='stem_conv')(x)
+    for stage in range(3):
+      for block in range(blocks_per_stage):
+        strides = 2 if stage > 0 and block == 0 else 1
+        x = PreActBlock(features=self.width * self.widen_factor * 2**stage, strides=strides,
+                        conv=conv, norm=norm, dropout=dropout,
+                        name=f'stage{stage + 1}_block{block}')(x)
+    x = nn.relu(norm(name='final_bn')(x))
+    x = jnp.mean(x, axis=(1, 2))
+    # A zero head makes every initial prediction uniform, as in the ResNets.
+    x = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, dtype=self.dtype,
+                 param_dtype=jnp.float32, name='head')(x)
+    return x.astype(jnp.float32)
+
+
+WRN16_8 = functools.partial(WideResNet, depth=16, widen_factor=8)
+WRN28_10 = functools.partial(WideResNet, depth=28, widen_factor=10)

@@ -1,0 +1,170 @@
+"""An Xception-style network (Chollet, 2017) for 32x32 images, in NHWC layout.
+
+The structure is Xception's: an entry flow of downsampling residual blocks, a middle flow of
+identical residual blocks, an exit flow, global average pooling and a linear classifier, all
+built from depthwise-separable convolutions (a 3x3 depthwise convolution followed by a 1x1
+pointwise one) with BatchNorm and ReLU. The sizes are scaled to CIFAR:
+
+- The stem is one 3x3 stride-1 convolution instead of two convolutions that halve a 299x299
+  image, and the first entry block keeps the 32x32 resolution, so the image is downsampled by 8
+  (to 4x4) rather than 32, as in CIFAR ResNets.
+- Channels are multiples of `width`: stem w; entry blocks 2w, 4w, 8w; middle flow 8w; exit block
+  12w; final separable convolutions 16w and 24w (Xception: 32, then 128, 256, 728, 728, 1024,
+  1536, 2048). The default w = 32 gives 2.7M parameters with 10 classes, against Xception's 21M.
+"""
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+ModuleDef = Callable[..., nn.Module]
+
+# He (kaiming) normal with fan_out, as for the project's ResNets.
+_conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+# One pixel on every side: a 3x3 window centred on each kept pixel. Flax's 'SAME' would pad only
+# at the bottom/right for stride 2, centring the pooling windows one pixel off the pixels that
+# the 1x1 stride-2 shortcut samples.
+_PAD_3X3 = ((1, 1), (1, 1))
+
+
+class SeparableConv(nn.Module):
+  """3x3 depthwise convolution (one filter per channel), then a 1x1 pointwise convolution.
+
+  As in Xception, there is no normalisation or activation between the two.
+
+  Attributes:
+    features: Output channels.
+    conv: Convolution constructor (no bias, initialiser and dtypes bound).
+  """
+  features: int
+  conv: ModuleDef
+
+  @nn.compact
+  def __call__(self, x):
+    channels = x.shape[-1]
+    x = self.conv(channels, (3, 3), padding=_PAD_3X3, feature_group_count=channels,
+                  name='depthwise')(x)
+    return self.conv(self.features, (1, 1), padding='VALID', name='pointwise')(x)
+
+
+class DownsamplingBlock(nn.Module):
+  """Entry/exit flow block: [ReLU,] sep-conv, BN, ReLU, sep-conv, BN, max-pool; plus a shortcut.
+
+  The shortcut is a 1x1 convolution with the block's stride and BatchNorm, taken before the
+  leading ReLU as in Xception.
+
+  Attributes:
+    features: Channels of the two separable convolutions; the second one's are the output's.
+    strides: Stride of the 3x3 max-pool and of the shortcut; 1 omits the pool.
+    conv: Convolution constructor (no bias, initialiser and dtypes bound).
+    norm: BatchNorm constructor (train/eval mode, momentum, axis name and dtypes bound).
+    pre_activation: Whether the branch starts with a ReLU; the first block follows the stem's.
+    inner_features: Channels of the first separable convolution; None means `features`.
+  """
+  features: int
+  strides: int
+  conv: ModuleDef
+  norm: ModuleDef
+  pre_activation: bool = True
+  inner_features: int | None = None
+
+  @nn.compact
+  def __call__(self, x):
+    shortcut = self.conv(self.features, (1, 1), (self.strides, self.strides), padding='VALID',
+                         name='proj_conv')(x)
+    shortcut = self.norm(name='proj_bn')(shortcut)
+    y = nn.relu(x) if self.pre_activation else x
+    y = SeparableConv(self.inner_features or self.features, self.conv, name='sepconv1')(y)
+    y = nn.relu(self.norm(name='bn1')(y))
+    y = SeparableConv(self.features, self.conv, name='sepconv2')(y)
+    y = self.norm(name='bn2')(y)
+    if self.strides != 1:
+      y = nn.max_pool(y, (3, 3), (self.strides, self.strides), padding=_PAD_3X3)
+    return y + shortcut
+
+
+class MiddleBlock(nn.Module):
+  """Middle flow block: three times [ReLU, sep-conv, BN], plus the identity.
+
+  Attributes:
+    conv: Convolution constructor (no bias, initialiser and dtypes bound).
+    norm: BatchNorm constructor (train/eval mode, momentum, axis name and dtypes bound).
+  """
+  conv: ModuleDef
+  norm: ModuleDef
+
+  @nn.compact
+  def __call__(self, x):
+    y = x
+    for i in range(1, 4):
+      y = SeparableConv(x.shape[-1], self.conv, name=f'sepconv{i}')(nn.relu(y))
+      y = self.norm(name=f'bn{i}')(y)
+    return y + x
+
+
+class Xception(nn.Module):
+  """Xception-style CIFAR network: stem, entry flow, middle flow, exit flow, pool, dropout, Dense.
+
+  Attributes:
+    num_classes: Number of output logits.
+    width: Channels of the stem; every other width is a multiple of it (see the module doc).
+    middle_blocks: Number of middle flow blocks (Xception has 8).
+    dropout_rate: Dropout on the pooled features before the classifier, in train mode.
+    dtype: Compute dtype. Parameters and BatchNorm statistics are always float32.
+    bn_axis_name: Named mesh axis over which BatchNorm averages batch statistics, so that a
+      `shard_map`ped step over that axis matches a single-device step on the global batch.
+      None normalises each device's examples on their own.
+    bn_momentum: Decay of the BatchNorm running averages (0.9 equals PyTorch's momentum=0.1).
+  """
+  num_classes: int
+  width: int = 32
+  middle_blocks: int = 8
+  dropout_rate: float = 0.2
+  dtype: Any = jnp.float32
+  bn_axis_name: str | None = None
+  bn_momentum: float = 0.9
+
+  @nn.compact
+  def __call__(self, x, *, train: bool):
+    """Computes class logits.
+
+    Args:
+      x: Normalised images, float [B, H, W, C].
+      train: Whether to normalise with batch statistics and update the running averages
+        (requires `mutable=['batch_stats']`) and apply dropout (it needs a 'dropout' rng),
+        instead of using the running averages and no dropout.
+
+    Returns:
+      float32 logits [B, num_classes].
+    """
+    conv = functools.partial(nn.Conv, use_bias=False, kernel_init=_conv_init, dtype=self.dtype,
+                             param_dtype=jnp.float32)
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train,
+                             momentum=self.bn_momentum, epsilon=1e-5, dtype=self.dtype,
+                             param_dtype=jnp.float32, axis_name=self.bn_axis_name)
+    block = functools.partial(DownsamplingBlock, conv=conv, norm=norm)
+    w = self.width
+
+    x = x.astype(self.dtype)
+    x = conv(w, (3, 3), padding=_PAD_3X3, name='stem_conv')(x)
+    x = nn.relu(norm(name='stem_bn')(x))
+
+    x = block(2 * w, strides=1, pre_activation=False, name='entry_block1')(x)
+    x = block(4 * w, strides=2, name='entry_block2')(x)
+    x = block(8 * w, strides=2, name='entry_block3')(x)
+    for i in range(self.middle_blocks):
+      x = MiddleBlock(conv, norm, name=f'middle_block{i + 1}')(x)
+    x = block(12 * w, strides=2, inner_features=8 * w, name='exit_block')(x)
+    x = nn.relu(norm(name='exit_bn1')(SeparableConv(16 * w, conv, name='exit_sepconv1')(x)))
+    x = nn.relu(norm(name='exit_bn2')(SeparableConv(24 * w, conv, name='exit_sepconv2')(x)))
+
+    x = jnp.mean(x, axis=(1, 2))
+    x = nn.Dropout(self.dropout_rate, name='dropout')(x, deterministic=not train)
+    # A zero head makes every initial prediction uniform, as in the project's other models.
+    x = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, dtype=self.dtype,
+                 param_dtype=jnp.float32, name='head')(x)
+    return x.astype(jnp.float32)

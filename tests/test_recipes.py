@@ -1,0 +1,422 @@
+"""Tests for Mixup, CutMix, label smoothing, soft-target loss and RandAugment."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax import lax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from cifar_jax import mixing
+from cifar_jax import randaugment as ra
+
+
+def _images(n, size=32, seed=0):
+  return np.random.default_rng(seed).integers(0, 256, size=(n, size, size, 3), dtype=np.uint8)
+
+
+def _uniform_histogram_images(n, seed=0):
+  """32 x 32 RGB images in which every channel holds each level 0..255 exactly four times.
+
+  Both autocontrast and equalize leave such a channel unchanged, so at magnitude 0 every
+  RandAugment operation is the identity on these images.
+  """
+  rng = np.random.default_rng(seed)
+  levels = np.repeat(np.arange(256, dtype=np.uint8), 4)
+  channels = [rng.permutation(levels) for _ in range(3 * n)]
+  return np.stack(channels, axis=-1).reshape(32, 32, n, 3).transpose(2, 0, 1, 3)
+
+
+@pytest.fixture
+def pil():
+  """Pillow's ImageOps and ImageEnhance, the reference the operations follow."""
+  pytest.importorskip('PIL.Image')
+  from PIL import Image, ImageEnhance, ImageOps
+  return Image, ImageOps, ImageEnhance
+
+
+# Mixup and CutMix.
+
+
+def _constant_images(n, size):
+  """Example i is the constant i + 1, so every output pixel names the example it came from."""
+  return np.broadcast_to(np.arange(1, n + 1, dtype=np.uint8)[:, None, None, None],
+                         (n, size, size, 3))
+
+
+def _check_mixup(images, mixed, targets):
+  """Checks a Mixup of examples labelled 0..n-1; returns its weight lam (None if unidentifiable).
+
+  lam and the partners are read off the targets, then the images must be their blend.
+  """
+  n = len(targets)
+  partners, weights = np.arange(n), set()
+  for i, row in enumerate(targets):
+    others = [j for j in np.flatnonzero(row) if j != i]
+    assert len(others) <= 1, row
+    if others:
+      partners[i] = others[0]
+      weights.add(row[i])
+  np.testing.assert_array_equal(np.sort(partners), np.arange(n))
+  np.testing.assert_allclose(np.sum(targets, axis=1), 1.0, atol=1e-6)
+  x = images.astype(np.float32)
+  if not weights:
+    # Every example drew itself as partner: nothing changes, whatever lam.
+    np.testing.assert_array_equal(mixed, x)
+    return None
+  assert len(weights) == 1, weights  # One weight for the whole batch.
+  lam = weights.pop()
+  np.testing.assert_allclose(mixed, lam * x + (1 - lam) * x[partners], rtol=1e-6)
+  return lam
+
+
+def _check_cutmix(mixed, targets):
+  """Checks a CutMix of `_constant_images`; returns the pasted box (None if nothing moved)."""
+  n = len(mixed)
+  boxes = []
+  for i in range(n):
+    values = mixed[i, :, :, 0]
+    np.testing.assert_array_equal(mixed[i], np.repeat(values[:, :, None], 3, axis=2))
+    pasted = values != i + 1
+    expected = np.zeros(n, np.float32)
+    expected[i] = 1 - pasted.mean()
+    if pasted.any():
+      sources = np.unique(values[pasted])
+      assert len(sources) == 1
+      expected[int(sources[0]) - 1] += pasted.mean()
+      boxes.append(pasted)
+    # The partner's weight is the area actually pasted.
+    np.testing.assert_allclose(targets[i], expected, atol=1e-6)
+  if not boxes:
+    return None
+  # Outside the box every pixel is its own example's; the box is one rectangle for the batch.
+  for box in boxes[1:]:
+    np.testing.assert_array_equal(box, boxes[0])
+  rows, cols = np.flatnonzero(boxes[0].any(1)), np.flatnonzero(boxes[0].any(0))
+  assert boxes[0].sum() == len(rows) * len(cols)
+  return boxes[0]
+
+
+def test_mixup_blends_with_one_beta_weight_per_batch():
+  n, trials, alpha = 8, 512, 0.4
+  images = _images(n, size=4)
+  fn = functools.partial(mixing.mixup, alpha=alpha, num_classes=n)
+  keys = jax.random.split(jax.random.key(0), trials)
+  mixed, targets = jax.jit(jax.vmap(fn, in_axes=(0, None, None)))(keys, images, np.arange(n))
+  assert mixed.dtype == jnp.float32
+  lams = [_check_mixup(images, m, t)
+          for m, t in zip(np.asarray(mixed), np.asarray(targets), strict=True)]
+  lams = np.array([lam for lam in lams if lam is not None])
+  assert np.all((lams >= 0) & (lams <= 1))
+  # Beta(a, a) has mean 1/2 and variance 1 / (4 (2a + 1)); the tolerances are ~4 standard errors.
+  assert abs(lams.mean() - 0.5) < 0.07
+  assert abs(lams.var() - 1 / (4 * (2 * alpha + 1))) < 0.02
+
+
+def test_cutmix_box_is_a_square_of_the_nominal_side_clipped_at_the_borders():
+  # lam = 0.75: the nominal box is 16 x 16 on a 32 x 32 image.
+  masks = jax.jit(jax.vmap(lambda k: mixing._box_mask(k, jnp.float32(0.75), 32, 32)))(
+      jax.random.split(jax.random.key(0), 64))
+  clipped = 0
+  for mask in np.asarray(masks):
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    expected = np.zeros_like(mask)
+    expected[top:bottom, left:right] = True
+    np.testing.assert_array_equal(mask, expected)
+    # A side shorter than 16 only comes from clipping at the border it touches.
+    assert bottom - top == 16 or top == 0 or bottom == 32
+    assert right - left == 16 or left == 0 or right == 32
+    clipped += mask.sum() < 256
+  assert clipped > 0
+
+
+def test_cutmix_pastes_one_box_and_weighs_targets_by_its_area():
+  n, trials = 8, 32
+  fn = functools.partial(mixing.cutmix, alpha=1.0, num_classes=n)
+  keys = jax.random.split(jax.random.key(0), trials)
+  mixed, targets = jax.jit(jax.vmap(fn, in_axes=(0, None, None)))(
+      keys, _constant_images(n, 32), np.arange(n))
+  assert mixed.dtype == jnp.uint8
+  boxes = [_check_cutmix(m, t) for m, t in zip(np.asarray(mixed), np.asarray(targets),
+                                                strict=True)]
+  # The unclipped box is square, so a non-square one was clipped: the weights above followed it.
+  assert any(box is not None and box.any(0).sum() != box.any(1).sum() for box in boxes)
+
+
+def test_mix_with_both_alphas_zero_is_the_identity():
+  images = _images(8, size=8)
+  labels = np.arange(8)
+  fn = functools.partial(mixing.mix, mixup_alpha=0.0, cutmix_alpha=0.0, switch_prob=0.5,
+                         num_classes=10)
+  mixed, targets = jax.jit(fn)(jax.random.key(0), images, labels)
+  assert mixed.dtype == jnp.float32
+  np.testing.assert_array_equal(mixed, images.astype(np.float32))
+  np.testing.assert_array_equal(targets, np.eye(10, dtype=np.float32)[labels])
+
+
+@pytest.mark.parametrize('mixup_alpha,cutmix_alpha,expected_cutmix', [
+    (0.5, 0.0, (0, 0)), (0.5, 1.0, (8, 24))])
+def test_mix_applies_the_recipes_that_are_on(mixup_alpha, cutmix_alpha, expected_cutmix):
+  n, trials = 8, 32
+  images = _constant_images(n, 16)
+  fn = functools.partial(mixing.mix, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha,
+                         switch_prob=0.5, num_classes=n)
+  keys = jax.random.split(jax.random.key(0), trials)
+  mixed, targets = jax.jit(jax.vmap(fn, in_axes=(0, None, None)))(keys, images, np.arange(n))
+  assert mixed.dtype == jnp.float32
+  cutmixes = 0
+  for m, t in zip(np.asarray(mixed), np.asarray(targets), strict=True):
+    # CutMix only copies pixels; Mixup's blends of distinct constants are not integers.
+    if np.all(m == np.round(m)):
+      cutmixes += 1
+      _check_cutmix(m, t)
+    else:
+      assert _check_mixup(images, m, t) is not None
+  # Both on: CutMix in half the trials, here within ~3 standard deviations.
+  low, high = expected_cutmix
+  assert low <= cutmixes <= high
+
+
+def test_smooth_labels_formula():
+  targets = np.random.default_rng(0).dirichlet(np.ones(10), size=4).astype(np.float32)
+  smoothed = mixing.smooth_labels(targets, 0.1)
+  np.testing.assert_allclose(smoothed, 0.9 * np.asarray(targets) + 0.01, rtol=1e-6)
+  np.testing.assert_allclose(np.sum(smoothed, axis=1), 1.0, rtol=1e-6)
+  np.testing.assert_array_equal(mixing.smooth_labels(targets, 0.0), targets)
+
+
+def test_soft_target_cross_entropy_matches_integer_labels_and_is_linear_in_targets():
+  logits = 3 * np.random.default_rng(0).normal(size=(6, 10)).astype(np.float32)
+  labels = jnp.array([0, 3, 9, 2, 2, 7])
+  partners = jnp.array([5, 3, 1, 8, 0, 4])
+  one_hot = jax.nn.one_hot(labels, 10)
+  np.testing.assert_allclose(mixing.soft_target_cross_entropy(logits, one_hot),
+                             optax.softmax_cross_entropy_with_integer_labels(logits, labels),
+                             rtol=1e-6)
+  # The loss of a mixed target is the mix of the losses, which is what makes Mixup's loss
+  # lam * CE(y) + (1 - lam) * CE(y[perm]).
+  mixed = 0.3 * one_hot + 0.7 * jax.nn.one_hot(partners, 10)
+  np.testing.assert_allclose(
+      mixing.soft_target_cross_entropy(logits, mixed),
+      0.3 * optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+      + 0.7 * optax.softmax_cross_entropy_with_integer_labels(logits, partners), rtol=1e-5)
+
+
+# RandAugment: the policy.
+
+_randaugment = jax.jit(ra.randaugment, static_argnames=('num_ops', 'magnitude'))
+
+
+def _raw_keys(n, seed=0):
+  # The policy tests pass raw uint32 keys and the sharded test typed ones, which checks that both
+  # give the same result without compiling the policy twice.
+  return jax.random.key_data(jax.random.split(jax.random.key(seed), n))
+
+
+def test_randaugment_keeps_shape_and_dtype_and_depends_only_on_the_keys():
+  images = _images(16)
+  keys = _raw_keys(16)
+  out = np.asarray(_randaugment(keys, images, num_ops=2, magnitude=9.0))
+  assert out.shape == images.shape and out.dtype == np.uint8
+  np.testing.assert_array_equal(_randaugment(keys, images, num_ops=2, magnitude=9.0), out)
+  assert np.any(out != images)
+  other = _randaugment(_raw_keys(16, seed=1), images, num_ops=2, magnitude=9.0)
+  assert np.any(other != out)
+  # Each half of the batch, completed with unrelated examples to the same batch size (which
+  # reuses the compiled function), comes out as in the whole batch.
+  fillers = _raw_keys(8, seed=2)
+  for half in (slice(0, 8), slice(8, 16)):
+    batch_keys = jnp.concatenate([keys[half], fillers])
+    batch = np.concatenate([images[half], _images(8, seed=1)])
+    np.testing.assert_array_equal(
+        _randaugment(batch_keys, batch, num_ops=2, magnitude=9.0)[:8], out[half])
+
+
+def test_randaugment_at_magnitude_zero_is_the_identity_on_its_fixed_points():
+  images = _uniform_histogram_images(16)
+  keys = _raw_keys(16)
+  np.testing.assert_array_equal(_randaugment(keys, images, num_ops=2, magnitude=0.0), images)
+
+
+def test_randaugment_applies_each_operation_of_the_policy():
+  n, magnitude = 256, 9.0
+  images = _images(n, size=16)
+  keys = _raw_keys(n)
+  out = np.asarray(_randaugment(keys, images, num_ops=1, magnitude=magnitude))
+  branches = ra._branches(magnitude, 16, 16)
+
+  @jax.jit
+  def candidates(images):
+    # [ops, signs, n, ...]: every operation with both signs applied to every image.
+    return jnp.stack([
+        jnp.stack([jax.vmap(lambda x, op=op, s=s: op(x, s))(images) for s in (-1.0, 1.0)])
+        for op in branches])
+
+  matches = np.all(np.asarray(candidates(images)) == out, axis=(3, 4, 5))
+  matches = matches.any(axis=1)  # [ops, n]
+  assert matches.any(axis=0).all(), 'an output is no operation of the policy'
+  # 256 uniform draws from 14 operations: each appears (a miss has probability below 1e-7).
+  missing = [name for name, m in zip(ra.OP_NAMES, matches, strict=True) if not m.any()]
+  assert not missing
+
+
+# RandAugment: the operations, on single images.
+
+# One compilation per operation, shared by the tests: the images are all 32 x 32 and the
+# parameters are traced.
+_OPS = {name: jax.jit(getattr(ra, name)) for name in ra.OP_NAMES[1:]}
+
+
+def test_equalize_matches_pillow_and_fixes_a_uniform_histogram(pil):
+  image_lib, image_ops, _ = pil
+  image = _images(1)[0]
+  dim = (image // 4 + 40).astype(np.uint8)  # A narrow histogram, which equalize widens.
+  for x in (image, dim, np.full_like(image, 7)):
+    np.testing.assert_array_equal(_OPS['equalize'](x), image_ops.equalize(image_lib.fromarray(x)))
+  assert np.asarray(_OPS['equalize'](dim)).max() == 255
+  flat = _uniform_histogram_images(1)[0]
+  np.testing.assert_array_equal(_OPS['equalize'](flat), flat)
+
+
+def test_autocontrast_stretches_each_channel_to_the_full_range(pil):
+  image_lib, image_ops, _ = pil
+  image = (_images(1)[0] // 4 + 40).astype(np.uint8)
+  image[..., 2] = 9  # A constant channel stays as it is.
+  out = np.asarray(_OPS['autocontrast'](image))
+  np.testing.assert_array_equal(out[..., :2].min(axis=(0, 1)), 0)
+  np.testing.assert_array_equal(out[..., :2].max(axis=(0, 1)), 255)
+  np.testing.assert_array_equal(out[..., 2], 9)
+  reference = np.asarray(image_ops.autocontrast(image_lib.fromarray(image)), np.int32)
+  assert np.abs(out.astype(np.int32) - reference).max() <= 1
+
+
+@pytest.mark.parametrize('bits', range(9))
+def test_posterize_keeps_the_top_bits(bits):
+  image = _images(1)[0]
+  out = np.asarray(_OPS['posterize'](image, bits))
+  np.testing.assert_array_equal(out, image & (0xFF << (8 - bits) & 0xFF))
+
+
+@pytest.mark.parametrize('threshold', [0, 100, 128.5, 255, 256])
+def test_solarize_inverts_the_pixels_at_or_above_the_threshold(threshold, pil):
+  image_lib, image_ops, _ = pil
+  image = _images(1)[0]
+  out = np.asarray(_OPS['solarize'](image, threshold))
+  np.testing.assert_array_equal(out, np.where(image >= threshold, 255 - image, image))
+  if threshold == int(threshold):
+    np.testing.assert_array_equal(
+        out, image_ops.solarize(image_lib.fromarray(image), int(threshold)))
+
+
+@pytest.mark.parametrize('name', ['color', 'contrast', 'brightness', 'sharpness'])
+def test_enhancements_blend_with_pillows_degenerate_image(name, pil):
+  image_lib, _, image_enhance = pil
+  op = _OPS[name]
+  image = _images(1)[0]
+  enhancer = getattr(image_enhance, name.capitalize())(image_lib.fromarray(image))
+  np.testing.assert_array_equal(op(image, 1.0), image)
+  # Factor 0 is the degenerate image itself, which must be Pillow's exactly.
+  np.testing.assert_array_equal(op(image, 0.0), enhancer.enhance(0.0))
+  for factor in (0.1, 0.55, 1.45, 1.9):
+    # The blends round where Pillow truncates.
+    difference = np.asarray(op(image, factor), np.int32) - np.asarray(enhancer.enhance(factor))
+    assert np.abs(difference).max() <= 1
+
+
+def test_enhancement_special_cases():
+  image = _images(1)[0]
+  half = np.round(image / 2).astype(np.uint8)
+  np.testing.assert_array_equal(_OPS['brightness'](image, 0.5), half)
+  grey = np.asarray(_OPS['color'](image, 0.0))
+  np.testing.assert_array_equal(grey, np.repeat(grey[..., :1], 3, axis=-1))
+  flat = np.asarray(_OPS['contrast'](image, 0.0))
+  assert np.all(flat == flat[0, 0, 0])
+  # Sharpness leaves the unfiltered border alone and a constant image unchanged.
+  sharp = np.asarray(_OPS['sharpness'](image, 1.9))
+  for edge in (np.s_[0], np.s_[-1], np.s_[:, 0], np.s_[:, -1]):
+    np.testing.assert_array_equal(sharp[edge], image[edge])
+  constant = np.full_like(image, 77)
+  np.testing.assert_array_equal(_OPS['sharpness'](constant, 1.9), constant)
+
+
+def test_rotate_turns_about_the_centre(pil):
+  image_lib, _, _ = pil
+  image = _images(1)[0]
+  np.testing.assert_array_equal(_OPS['rotate'](image, 0.0), image)
+  np.testing.assert_array_equal(_OPS['rotate'](image, 90.0), np.rot90(image))
+  np.testing.assert_array_equal(_OPS['rotate'](image, -90.0), np.rot90(image, -1))
+  np.testing.assert_array_equal(_OPS['rotate'](image, 180.0), image[::-1, ::-1])
+  # Pillow's nearest-neighbour rotation samples the same pixels.
+  fill = (ra.FILL,) * 3
+  for degrees in (10.0, -27.0):
+    np.testing.assert_array_equal(
+        _OPS['rotate'](image, degrees), image_lib.fromarray(image).rotate(degrees, fillcolor=fill))
+
+
+def test_translate_moves_content_by_whole_pixels_and_fills():
+  image = _images(1)[0]
+  for name in ('translate_x', 'translate_y', 'shear_x', 'shear_y'):
+    np.testing.assert_array_equal(_OPS[name](image, 0.0), image)
+  right = np.asarray(_OPS['translate_x'](image, 3.0))
+  np.testing.assert_array_equal(right[:, 3:], image[:, :-3])
+  np.testing.assert_array_equal(right[:, :3], ra.FILL)
+  up = np.asarray(_OPS['translate_y'](image, -5.0))
+  np.testing.assert_array_equal(up[:-5], image[5:])
+  np.testing.assert_array_equal(up[-5:], ra.FILL)
+
+
+def test_shear_shifts_each_row_in_proportion_to_its_offset_from_the_centre():
+  image = _images(1)[0]
+  factor = 0.3
+  out = np.asarray(_OPS['shear_x'](image, factor))
+  for i in range(32):
+    # Row i is shifted left by round(factor * y), y its offset from the centre (no ties at 0.3).
+    shift = int(np.round(factor * (i - 15.5)))
+    cols = np.arange(32) + shift
+    inside = (cols >= 0) & (cols < 32)
+    np.testing.assert_array_equal(out[i, inside], image[i, cols[inside]])
+    np.testing.assert_array_equal(out[i, ~inside], ra.FILL)
+  transposed = image.transpose(1, 0, 2)
+  np.testing.assert_array_equal(_OPS['shear_y'](transposed, factor), out.transpose(1, 0, 2))
+
+
+# Both recipes in the sharded train step.
+
+
+def test_mix_and_randaugment_run_in_shard_map_on_the_local_batch():
+  mesh = jax.make_mesh((8,), ('data',))
+  n = 16
+  images = _images(n)
+  labels = np.arange(n)  # Distinct labels show where each example's partner came from.
+  keys = jax.random.split(jax.random.key(0), n)
+
+  def per_device(keys, images, labels, key):
+    augmented = ra.randaugment(keys, images, num_ops=2, magnitude=9.0)
+    # Each device draws its own weight and pairing.
+    key = jax.random.fold_in(key, lax.axis_index('data'))
+    mixed, targets = mixing.mix(key, augmented, labels, mixup_alpha=0.8, cutmix_alpha=1.0,
+                                switch_prob=0.5, num_classes=n)
+    return augmented, mixed, targets
+
+  mapped = jax.shard_map(per_device, mesh=mesh, in_specs=(P('data'), P('data'), P('data'), P()),
+                         out_specs=P('data'))
+  rows = NamedSharding(mesh, P('data'))
+  augmented, mixed, targets = jax.jit(mapped)(
+      jax.device_put(keys, rows), jax.device_put(images, rows), jax.device_put(labels, rows),
+      jax.device_put(jax.random.key(1), NamedSharding(mesh, P())))
+  # Per-example keys make the augmentation independent of the split across devices.
+  np.testing.assert_array_equal(
+      augmented, _randaugment(jax.random.key_data(keys), images, num_ops=2, magnitude=9.0))
+  assert mixed.shape == images.shape and mixed.dtype == jnp.float32
+  assert 0 <= np.min(mixed) and np.max(mixed) <= 255
+  targets = np.asarray(targets)
+  np.testing.assert_allclose(targets.sum(axis=1), 1.0, atol=1e-6)
+  # Partners come from the same device's 2 examples.
+  for device in range(8):
+    own = np.s_[2 * device:2 * device + 2]
+    np.testing.assert_array_equal(np.delete(targets[own], own, axis=1), 0.0)
