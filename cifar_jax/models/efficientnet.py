@@ -21,6 +21,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from cifar_jax.models import layers
+
 ModuleDef = Callable[..., nn.Module]
 
 # He normal with fan_out, the reference initialiser for convolutions.
@@ -174,9 +176,7 @@ class EfficientNet(nn.Module):
     conv = functools.partial(nn.Conv, use_bias=False, padding='SAME', kernel_init=_conv_init,
                              dtype=self.dtype, param_dtype=jnp.float32)
     # The reference's epsilon, so that reference weights normalise as they were trained to.
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train,
-                             momentum=self.bn_momentum, epsilon=1e-3, dtype=self.dtype,
-                             param_dtype=jnp.float32, axis_name=self.bn_axis_name)
+    norm = layers.batch_norm(self, train=train, epsilon=1e-3)
 
     x = x.astype(self.dtype)
     x = conv(self.stem_features, (3, 3), name='stem_conv')(x)

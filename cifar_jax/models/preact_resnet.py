@@ -16,6 +16,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from cifar_jax.models import layers
+
 # Module constructors with the shared settings already bound; blocks call them with a name.
 ModuleDef = Callable[..., nn.Module]
 
@@ -98,9 +100,7 @@ class PreActResNet(nn.Module):
     """
     conv = functools.partial(nn.Conv, use_bias=False, kernel_init=_conv_init, dtype=self.dtype,
                              param_dtype=jnp.float32)
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train,
-                             momentum=self.bn_momentum, epsilon=1e-5, dtype=self.dtype,
-                             param_dtype=jnp.float32, axis_name=self.bn_axis_name)
+    norm = layers.batch_norm(self, train=train)
 
     x = x.astype(self.dtype)
     x = conv(self.width, (3, 3), padding=_PAD_3X3, name='stem_conv')(x)

@@ -13,6 +13,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from cifar_jax.models import layers
+
 # Dropout rate after each block, then before the classifier: more regularisation where the layers
 # are wider and closer to the output.
 _BLOCK_DROPOUT = (0.2, 0.3)
@@ -56,9 +58,7 @@ class SimpleCNN(nn.Module):
     conv = functools.partial(nn.Conv, kernel_size=(3, 3), padding=((1, 1), (1, 1)),
                              kernel_init=nn.initializers.he_uniform(), dtype=self.dtype,
                              param_dtype=jnp.float32)
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train,
-                             momentum=self.bn_momentum, epsilon=1e-5, dtype=self.dtype,
-                             param_dtype=jnp.float32, axis_name=self.bn_axis_name)
+    norm = layers.batch_norm(self, train=train)
     deterministic = not (train and self.dropout)
 
     x = x.astype(self.dtype)

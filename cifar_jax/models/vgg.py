@@ -14,6 +14,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from cifar_jax.models import layers
+
 # He (kaiming) normal with fan_out, as for the ResNets.
 _conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
@@ -55,9 +57,7 @@ class VGG(nn.Module):
     """
     conv = functools.partial(nn.Conv, kernel_size=(3, 3), padding=((1, 1), (1, 1)),
                              kernel_init=_conv_init, dtype=self.dtype, param_dtype=jnp.float32)
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train,
-                             momentum=self.bn_momentum, epsilon=1e-5, dtype=self.dtype,
-                             param_dtype=jnp.float32, axis_name=self.bn_axis_name)
+    norm = layers.batch_norm(self, train=train)
 
     x = x.astype(self.dtype)
     for block, (num_convs, multiplier) in enumerate(

@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cifar_jax.errors import UserError
+from cifar_jax.models import layers
 from cifar_jax.models.preact_resnet import PreActBlock
 
 # He (kaiming) normal with fan_out, as for the ResNets.
@@ -65,9 +66,7 @@ class WideResNet(nn.Module):
     """
     conv = functools.partial(nn.Conv, use_bias=False, kernel_init=_conv_init, dtype=self.dtype,
                              param_dtype=jnp.float32)
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train,
-                             momentum=self.bn_momentum, epsilon=1e-5, dtype=self.dtype,
-                             param_dtype=jnp.float32, axis_name=self.bn_axis_name)
+    norm = layers.batch_norm(self, train=train)
     dropout = functools.partial(nn.Dropout, rate=self.dropout_rate, deterministic=not train)
     blocks_per_stage = (self.depth - 4) // 6
 

@@ -20,6 +20,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from cifar_jax.models import layers
+
 ModuleDef = Callable[..., nn.Module]
 
 # He (kaiming) normal with fan_out, as for the project's ResNets.
@@ -143,9 +145,7 @@ class Xception(nn.Module):
     """
     conv = functools.partial(nn.Conv, use_bias=False, kernel_init=_conv_init, dtype=self.dtype,
                              param_dtype=jnp.float32)
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train,
-                             momentum=self.bn_momentum, epsilon=1e-5, dtype=self.dtype,
-                             param_dtype=jnp.float32, axis_name=self.bn_axis_name)
+    norm = layers.batch_norm(self, train=train)
     block = functools.partial(DownsamplingBlock, conv=conv, norm=norm)
     w = self.width
 
