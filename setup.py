@@ -22,7 +22,9 @@ setuptools.setup(
         "pillow>=10",
     ],
     extras_require={
-        "test": ["pytest>=8", "ruff==0.14.0"],
+        # pytest-xdist: the suite runs on two workers (`-n 2`); most of its time is
+        # single-threaded XLA compilation.
+        "test": ["pytest>=8", "pytest-xdist>=3.6", "ruff==0.14.0"],
         # Only needed to *build* the tfds copy of CIFAR (`tfds build`); reading it
         # back with `tfds.data_source` needs no TensorFlow.
         "tfds-build": ["tensorflow-cpu"],
