@@ -63,16 +63,16 @@ def augment(keys, images, *, crop_padding: int, flip: bool, cutout_size: int):
 
 
 def normalize(images, mean, std, dtype=jnp.float32):
-  """Maps uint8 [B, H, W, C] images to (x / 255 - mean) / std.
+  """Maps [B, H, W, C] images in [0, 255] units (uint8, or float after mixup) to standard units.
 
   Args:
-    images: uint8 [B, H, W, C].
+    images: uint8 or float [B, H, W, C] in [0, 255] units.
     mean: Per-channel mean [C], in [0, 1] units.
     std: Per-channel standard deviation [C], in [0, 1] units.
     dtype: Output dtype; the arithmetic is done in float32 first.
 
   Returns:
-    The normalised images in `dtype`.
+    (images / 255 - mean) / std in `dtype`.
   """
   mean = jnp.asarray(mean, jnp.float32)
   std = jnp.asarray(std, jnp.float32)

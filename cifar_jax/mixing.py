@@ -8,8 +8,8 @@ coefficient, as when every host draws its own.
 
 Images that come out of `mixup` and `mix` are float32 in [0, 255] units: a blend of two uint8
 pixels is generally not an integer. `augment.normalize` casts its input to float32 before scaling,
-so it accepts them unchanged. Targets are float32 [B, num_classes] probability vectors, to be used
-with `soft_target_cross_entropy` in place of the integer-label loss.
+so it accepts them unchanged. Targets are float32 [B, num_classes] probability vectors, for
+`optax.softmax_cross_entropy` in place of the integer-label loss.
 """
 import jax
 import jax.numpy as jnp
@@ -175,34 +175,3 @@ def mix(key, images, labels, *, mixup_alpha: float, cutmix_alpha: float, switch_
     # A real branch, not a select: the choice is one scalar per call, so only one side runs.
     return lax.cond(use_cutmix, with_cutmix, with_mixup)
   return with_cutmix() if cutmix_alpha else with_mixup()
-
-
-def smooth_labels(targets, smoothing: float):
-  """Label smoothing: (1 - smoothing) * targets + smoothing / num_classes.
-
-  The map is affine with weights summing to one, so it commutes with Mixup and CutMix: smoothing
-  before or after mixing gives the same targets.
-
-  Args:
-    targets: float [..., num_classes] probability vectors (e.g. one-hot or mixed).
-    smoothing: In [0, 1].
-
-  Returns:
-    The smoothed targets, same shape and dtype.
-  """
-  if not 0 <= smoothing <= 1:
-    raise ValueError(f'smoothing must be in [0, 1], got {smoothing}')
-  return (1 - smoothing) * targets + smoothing / targets.shape[-1]
-
-
-def soft_target_cross_entropy(logits, targets):
-  """Per-example cross entropy -sum(targets * log_softmax(logits)) against soft targets.
-
-  Args:
-    logits: float [B, num_classes].
-    targets: float [B, num_classes], rows summing to one.
-
-  Returns:
-    float [B]. For one-hot targets this equals the integer-label cross entropy.
-  """
-  return -jnp.sum(targets * jax.nn.log_softmax(logits, axis=-1), axis=-1)

@@ -4,7 +4,6 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from jax import lax
 from jax.sharding import NamedSharding
@@ -180,31 +179,6 @@ def test_mix_applies_the_recipes_that_are_on(mixup_alpha, cutmix_alpha, expected
   # Both on: CutMix in half the trials, here within ~3 standard deviations.
   low, high = expected_cutmix
   assert low <= cutmixes <= high
-
-
-def test_smooth_labels_formula():
-  targets = np.random.default_rng(0).dirichlet(np.ones(10), size=4).astype(np.float32)
-  smoothed = mixing.smooth_labels(targets, 0.1)
-  np.testing.assert_allclose(smoothed, 0.9 * np.asarray(targets) + 0.01, rtol=1e-6)
-  np.testing.assert_allclose(np.sum(smoothed, axis=1), 1.0, rtol=1e-6)
-  np.testing.assert_array_equal(mixing.smooth_labels(targets, 0.0), targets)
-
-
-def test_soft_target_cross_entropy_matches_integer_labels_and_is_linear_in_targets():
-  logits = 3 * np.random.default_rng(0).normal(size=(6, 10)).astype(np.float32)
-  labels = jnp.array([0, 3, 9, 2, 2, 7])
-  partners = jnp.array([5, 3, 1, 8, 0, 4])
-  one_hot = jax.nn.one_hot(labels, 10)
-  np.testing.assert_allclose(mixing.soft_target_cross_entropy(logits, one_hot),
-                             optax.softmax_cross_entropy_with_integer_labels(logits, labels),
-                             rtol=1e-6)
-  # The loss of a mixed target is the mix of the losses, which is what makes Mixup's loss
-  # lam * CE(y) + (1 - lam) * CE(y[perm]).
-  mixed = 0.3 * one_hot + 0.7 * jax.nn.one_hot(partners, 10)
-  np.testing.assert_allclose(
-      mixing.soft_target_cross_entropy(logits, mixed),
-      0.3 * optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-      + 0.7 * optax.softmax_cross_entropy_with_integer_labels(logits, partners), rtol=1e-5)
 
 
 # RandAugment: the policy.
