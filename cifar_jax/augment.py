@@ -79,6 +79,16 @@ def normalize(images, mean, std, dtype=jnp.float32):
   return ((images.astype(jnp.float32) / 255.0 - mean) / std).astype(dtype)
 
 
+def resize(images, size: int):
+  """Bilinearly resizes float [B, H, W, C] images to [B, size, size, C] (a no-op at that size).
+
+  Feeds 32x32 CIFAR images to a model pretrained at a higher resolution, such as 224 or 384.
+  """
+  if images.shape[1:3] == (size, size):
+    return images
+  return jax.image.resize(images, (images.shape[0], size, size, images.shape[3]), 'bilinear')
+
+
 def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """Per-channel mean and (population) standard deviation of uint8 NHWC images.
 

@@ -41,11 +41,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.augment.cutmix_alpha = 0.0  # 0 is off.
   c.augment.mix_switch_prob = 0.5  # With both on: the chance a batch gets CutMix.
 
-  # `name` picks the family in `cifar_jax.models`; the other fields go to it.
-  c.model = ml_collections.ConfigDict()
-  c.model.name = 'resnet18'
-  c.model.width = 64  # Channels of the first stage.
-  c.model.dtype = 'float32'  # Compute dtype: 'float32' | 'bfloat16'.
+  c.model = model_config('resnet18', width=64, dtype='float32')
 
   c.num_epochs = 200  # Length of the learning-rate schedule, in epochs.
   c.max_steps = 0  # Stop after this many train steps; 0 means no limit.
@@ -114,11 +110,37 @@ def base_config() -> ml_collections.ConfigDict:
   c.hem.boost = 2.0  # 'topk': weight of a hard example relative to the others.
   c.hem.temperature = 1.0  # 'softmax': weight proportional to exp(loss / temperature).
 
+  # Fine-tuning a pretrained model (`model.init_from`): the parameters under
+  # `head` form one group, all others the backbone.
+  c.finetune = ml_collections.ConfigDict()
+  c.finetune.backbone_lr_scale = 1.0  # Backbone rate as a fraction of the scheduled rate.
+  # Train steps during which only the head learns; the backbone's optimiser
+  # state starts at the unfreeze, and its schedule carries on from that step.
+  c.finetune.freeze_backbone_steps = 0
+
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.keep_latest = 2  # The best checkpoint is kept besides these.
 
   c.lock()
   return c
+
+
+def model_config(name: str, **fields) -> ml_collections.ConfigDict:
+  """`config.model` for model `name`: the fields every model has, plus the family's `fields`.
+
+  `fields` are keyword arguments of the family's constructor (see `cifar_jax.models`), e.g.
+  `width` and `dtype` ('float32' | 'bfloat16' compute) for ResNets.
+  """
+  return ml_collections.ConfigDict({
+      'name': name,  # A key of `cifar_jax.models.MODELS`.
+      # A pretrained checkpoint to start from (see `cifar_jax.pretrained`); '' is
+      # a fresh initialisation. A workdir's own checkpoints take precedence.
+      'init_from': '',
+      # Side of the square images the model sees: the 32x32 images are resized
+      # on the device (bilinear), e.g. to a pretrained model's 224 or 384.
+      'input_size': 32,
+      **fields,
+  })
 
 
 def _check_choice(value, choices, field):
@@ -151,5 +173,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise UserError(f'config.max_steps must be >= 0 (0 means no limit), got {config.max_steps}.')
   if not 0 < config.hem.fraction <= 1:
     raise UserError(f'config.hem.fraction must be in (0, 1], got {config.hem.fraction}.')
+  if config.model.init_from is None:
+    raise UserError('this config fine-tunes pretrained weights: name the file with '
+                    '--config.model.init_from=PATH (the README says where to download them).')
+  if config.model.input_size < 1:
+    raise UserError(f'config.model.input_size must be positive, got {config.model.input_size}.')
+  if config.finetune.backbone_lr_scale < 0 or config.finetune.freeze_backbone_steps < 0:
+    raise UserError('config.finetune.backbone_lr_scale and freeze_backbone_steps must be >= 0.')
   if config.hem.temperature <= 0:
     raise UserError(f'config.hem.temperature must be positive, got {config.hem.temperature}.')

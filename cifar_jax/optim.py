@@ -1,4 +1,4 @@
-"""Learning-rate schedules, the SGD optimiser, plateau cuts and early stopping.
+"""Learning-rate schedules, the optimisers, plateau cuts and early stopping.
 
 The step counter the schedules read is the optimiser's own, and the plateau
 and early-stopping states are plain arrays in the train state, so all of it is
@@ -43,18 +43,48 @@ def _decay_mask(params):
       lambda path, _: path[-1].key not in ('bias', 'scale'), params)
 
 
-def create_optimizer(config: ml_collections.ConfigDict,
-                     schedule: optax.Schedule) -> optax.GradientTransformation:
-  """SGD with momentum and coupled L2 weight decay, or AdamW; optional gradient clipping."""
-  o = config.optimizer
+def _update_rule(o: ml_collections.ConfigDict,
+                 schedule: optax.Schedule) -> optax.GradientTransformation:
+  """SGD with momentum and coupled L2 weight decay, or AdamW, at learning rate `schedule`."""
   mask = None if o.decay_norm_and_bias else _decay_mask
   if o.name == 'adamw':
-    update = optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=mask)
+    return optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=mask)
+  return optax.chain(optax.add_decayed_weights(o.weight_decay, mask=mask),
+                     optax.sgd(schedule, momentum=o.momentum, nesterov=o.nesterov))
+
+
+def param_groups(params):
+  """'head' for the parameters under the top-level `head` module, 'backbone' for all others."""
+  return {name: jax.tree.map(lambda _, n=name: 'head' if n == 'head' else 'backbone', subtree)
+          for name, subtree in params.items()}
+
+
+def _head_and_backbone(o: ml_collections.ConfigDict, f: ml_collections.ConfigDict,
+                       schedule: optax.Schedule) -> optax.GradientTransformation:
+  """The update rule per parameter group: the backbone at a scaled rate, frozen at first."""
+  frozen = f.freeze_backbone_steps
+  # While frozen, the backbone's inner state (momentum, Adam moments and its
+  # schedule's step count) stays untouched, so its count lags the train step
+  # by `frozen` steps from the unfreeze on.
+  backbone = _update_rule(o, lambda count: f.backbone_lr_scale * schedule(count + frozen))
+  if frozen:
+    # Zero updates until the unfreeze; the optimiser's state then starts fresh,
+    # as when a Keras model is recompiled with its backbone made trainable.
+    backbone = optax.transforms.conditionally_mask(backbone, lambda count: count >= frozen)
+  return optax.multi_transform({'head': _update_rule(o, schedule), 'backbone': backbone},
+                               param_groups)
+
+
+def create_optimizer(config: ml_collections.ConfigDict,
+                     schedule: optax.Schedule) -> optax.GradientTransformation:
+  """The configured update rule, per parameter group when fine-tuning; optional clipping."""
+  o, f = config.optimizer, config.finetune
+  if f.backbone_lr_scale != 1.0 or f.freeze_backbone_steps:
+    update = _head_and_backbone(o, f, schedule)
   else:
-    update = optax.chain(optax.add_decayed_weights(o.weight_decay, mask=mask),
-                         optax.sgd(schedule, momentum=o.momentum, nesterov=o.nesterov))
+    update = _update_rule(o, schedule)
   if o.grad_clip_norm:
-    # Clipping sees the raw gradient, before weight decay is added.
+    # Clipping sees the raw gradient of all parameters, before weight decay is added.
     return optax.chain(optax.clip_by_global_norm(o.grad_clip_norm), update)
   return update
 

@@ -41,10 +41,10 @@ class TrainState:
 
 
 def init_train_state(rng, model, optimizer, plateau, image_mean, image_std,
-                     ema: bool = False) -> TrainState:
+                     ema: bool = False, input_size: int = 32) -> TrainState:
   """A fresh train state (pure; jit it with output shardings to create it on the mesh)."""
   init_key, state_key = jax.random.split(rng)
-  variables = model.init(init_key, jnp.zeros((1, 32, 32, 3)), train=False)
+  variables = model.init(init_key, jnp.zeros((1, input_size, input_size, 3)), train=False)
   params = variables['params']
   return TrainState(
       # Models without BatchNorm (ViT) have no batch statistics.
@@ -96,10 +96,11 @@ def example_keys(step_key, local_batch_size: int):
 
 def train_step(state: TrainState, images, labels, step_key, *, model, optimizer,
                augment_config, hem_config, label_smoothing: float = 0.0, sam_rho: float = 0.0,
-               ema_decay: float = 0.0):
+               ema_decay: float = 0.0, input_size: int = 32):
   """One optimiser step on this device's share of a global batch (per-device code).
 
-  Returns the new state and this step's metrics, summed over the global batch.
+  The augmented 32x32 images are resized to `input_size` for the model. Returns the new state
+  and this step's metrics, summed over the global batch.
   """
   a = augment_config
   augment_key, policy_key, mix_key, dropout_key = jax.random.split(step_key, 4)
@@ -116,7 +117,8 @@ def train_step(state: TrainState, images, labels, step_key, *, model, optimizer,
       jax.random.fold_in(mix_key, device), images, labels, mixup_alpha=a.mixup_alpha,
       cutmix_alpha=a.cutmix_alpha, switch_prob=a.mix_switch_prob, num_classes=num_classes)
   targets = optax.smooth_labels(targets, label_smoothing)
-  inputs = augment.normalize(images, state.image_mean, state.image_std)
+  inputs = augment.resize(augment.normalize(images, state.image_mean, state.image_std),
+                         input_size)
   dropout_key = jax.random.fold_in(dropout_key, device)
 
   def loss_fn(params):
@@ -202,10 +204,11 @@ def train_steps(state: TrainState, images, labels, stop_step, *, num_train: int,
   return lax.while_loop(lambda c: c[0].step < stop_step, body, (state, zeros))
 
 
-def predict(state: TrainState, images, *, model, flip_tta: bool = False):
+def predict(state: TrainState, images, *, model, flip_tta: bool = False, input_size: int = 32):
   """Logits of uint8 images; with `flip_tta`, the mean of the image's and its mirror's."""
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
-  inputs = augment.normalize(images, state.image_mean, state.image_std)
+  inputs = augment.resize(augment.normalize(images, state.image_mean, state.image_std),
+                          input_size)
   logits = model.apply(variables, inputs, train=False)
   if flip_tta:
     logits = (logits + model.apply(variables, inputs[:, :, ::-1], train=False)) / 2
@@ -213,7 +216,7 @@ def predict(state: TrainState, images, *, model, flip_tta: bool = False):
 
 
 def eval_step(state: TrainState, images, labels, mask, *, model, local_batch_size: int,
-              num_classes: int, flip_tta: bool = False):
+              num_classes: int, flip_tta: bool = False, input_size: int = 32):
   """Sums of loss, top-1/top-5 hits and per-class hits over a split (per-device code).
 
   Each device evaluates its own rows in batches; the sums are added across devices.
@@ -221,7 +224,7 @@ def eval_step(state: TrainState, images, labels, mask, *, model, local_batch_siz
 
   def batch_sums(batch):
     x, y, m = batch
-    logits = predict(state, x, model=model, flip_tta=flip_tta)
+    logits = predict(state, x, model=model, flip_tta=flip_tta, input_size=input_size)
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
     top5 = lax.top_k(logits, min(5, num_classes))[1]
     hit1 = (top5[:, 0] == y) & m

@@ -17,7 +17,7 @@ import numpy as np
 import tqdm
 from jax.sharding import PartitionSpec as P
 
-from cifar_jax import augment, data, metrics, models, optim, sharding, steps
+from cifar_jax import augment, data, metrics, models, optim, pretrained, sharding, steps
 from cifar_jax import config as config_lib
 from cifar_jax.checkpoint import Checkpoints
 from cifar_jax.errors import UserError
@@ -88,16 +88,21 @@ def place_splits(host_splits: dict, num_classes: int, eval_batch_size: int, mesh
       num_classes=num_classes)
 
 
+# `config.model` fields that are not the model family's (see `config.model_config`).
+_MODEL_SETTINGS = ('name', 'init_from', 'input_size')
+
+
 def create_model(config: ml_collections.ConfigDict, num_classes: int):
-  fields = config.model.to_dict()
-  return models.create_model(fields.pop('name'), num_classes=num_classes,
+  fields = {k: v for k, v in config.model.items() if k not in _MODEL_SETTINGS}
+  return models.create_model(config.model.name, num_classes=num_classes,
                              bn_axis_name=DATA_AXIS, **fields)
 
 
 def create_train_state(config, model, optimizer, plateau, image_stats, mesh) -> steps.TrainState:
   """A fresh state, created directly on the mesh (replicated)."""
   init = functools.partial(steps.init_train_state, model=model, optimizer=optimizer,
-                           plateau=plateau, ema=config.ema_decay > 0)
+                           plateau=plateau, ema=config.ema_decay > 0,
+                           input_size=config.model.input_size)
   return jax.jit(init, out_shardings=sharding.replicated(mesh))(
       jax.random.PRNGKey(config.seed), image_mean=image_stats[0], image_std=image_stats[1])
 
@@ -106,11 +111,29 @@ def abstract_train_state(config, model, optimizer, plateau, mesh) -> steps.Train
   """The state's shapes, dtypes and shardings, to restore a checkpoint into."""
   shapes = jax.eval_shape(functools.partial(
       steps.init_train_state, model=model, optimizer=optimizer, plateau=plateau,
-      ema=config.ema_decay > 0),
+      ema=config.ema_decay > 0, input_size=config.model.input_size),
       jax.random.PRNGKey(0), image_mean=np.zeros(3, np.float32),
       image_std=np.ones(3, np.float32))
   return jax.tree.map(
       lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding.replicated(mesh)), shapes)
+
+
+def init_from_pretrained(config, model, optimizer, state: steps.TrainState,
+                         mesh) -> steps.TrainState:
+  """`state` with the weights of `config.model.init_from` and a fresh optimiser state."""
+  params, batch_stats, notes = pretrained.load(
+      config.model.init_from, model, jax.device_get(state.params),
+      jax.device_get(state.batch_stats))
+  log.info('Initialised from %s.', config.model.init_from)
+  for note in notes:
+    log.info('  %s', note)
+
+  def restart(state, params, batch_stats):
+    return state.replace(params=params, batch_stats=batch_stats,
+                         opt_state=optimizer.init(params),
+                         ema_params=params if config.ema_decay else {})
+
+  return jax.jit(restart, out_shardings=sharding.replicated(mesh))(state, params, batch_stats)
 
 
 def steps_per_call(config) -> int:
@@ -126,7 +149,7 @@ def train_step_fn(config, model, optimizer, augment_config=None):
       steps.train_step, model=model, optimizer=optimizer,
       augment_config=augment_config or config.augment, hem_config=config.hem,
       label_smoothing=config.label_smoothing, sam_rho=config.optimizer.sam_rho,
-      ema_decay=config.ema_decay)
+      ema_decay=config.ema_decay, input_size=config.model.input_size)
 
 
 def compile_train_fn(config, model, optimizer, mesh, num_train: int, steps_per_epoch: int):
@@ -146,7 +169,7 @@ def compile_eval_fn(config, model, mesh, num_classes: int):
   """The jitted `(state, images, labels, mask) -> sums` over a whole split."""
   per_device = functools.partial(
       steps.eval_step, model=model, local_batch_size=config.eval_batch_size // mesh.size,
-      num_classes=num_classes, flip_tta=config.eval_flip_tta)
+      num_classes=num_classes, flip_tta=config.eval_flip_tta, input_size=config.model.input_size)
   return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), *[P(DATA_AXIS)] * 3),
                                out_specs=P()))
 
@@ -207,7 +230,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
   eval_every = optim.epochs_to_steps(config.eval_every_epochs, steps_per_epoch)
 
   # 3. Model, optimiser, state. The resume order: build a fresh state (its
-  # structure and shardings), then overwrite it from the latest checkpoint:
+  # structure and shardings), fill in pretrained weights when a new run starts
+  # from them, then overwrite it from the latest checkpoint if there is one:
   # parameters, optimiser, plateau and early-stopping state, step and RNG.
   # The data order and augmentation derive from (rng, step), so they resume too.
   model = create_model(config, splits.num_classes)
@@ -216,6 +240,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
   plateau = optim.create_plateau(config)
   state = create_train_state(config, model, optimizer, plateau, image_stats, mesh)
   checkpoints = Checkpoints(workdir, config.checkpoint.keep_latest)
+  if config.model.init_from and checkpoints.latest_step() is None:
+    state = init_from_pretrained(config, model, optimizer, state, mesh)
   state = restore_or_keep(checkpoints, state)
 
   # 4. Compiled functions: each compiled once for the whole run.

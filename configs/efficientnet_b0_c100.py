@@ -7,7 +7,6 @@ SGD 0.1 with Nesterov momentum 0.9, weight decay 5e-4 on kernels only, batch 128
 for this exact recipe is the target; compare it with `resnet_c100.py`. Not yet measured with
 this codebase.
 """
-import ml_collections
 
 from cifar_jax import config as config_lib
 
@@ -15,7 +14,7 @@ from cifar_jax import config as config_lib
 def get_config():
   config = config_lib.base_config()
   config.dataset.name = 'cifar100'
-  config.model = ml_collections.ConfigDict({'name': 'efficientnet_b0', 'dtype': 'float32'})
+  config.model = config_lib.model_config('efficientnet_b0', dtype='float32')
   config.optimizer.nesterov = True
   config.optimizer.decay_norm_and_bias = False
   return config

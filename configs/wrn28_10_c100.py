@@ -7,7 +7,6 @@ at epochs 60, 120 and 160, dropout 0.3 between the convolutions of a block. The 
 80.75% test accuracy (and 83.5% is published with SAM, `--config.optimizer.sam_rho=0.05`); not
 yet measured with this codebase.
 """
-import ml_collections
 
 from cifar_jax import config as config_lib
 
@@ -16,8 +15,7 @@ def get_config():
   config = config_lib.base_config()
   config.dataset.name = 'cifar100'
   # The base config's `width` is the ResNets'; Wide ResNets keep their own (16).
-  config.model = ml_collections.ConfigDict(
-      {'name': 'wrn28_10', 'dropout_rate': 0.3, 'dtype': 'float32'})
+  config.model = config_lib.model_config('wrn28_10', dropout_rate=0.3, dtype='float32')
   config.optimizer.nesterov = True
   config.schedule.name = 'piecewise'
   config.schedule.boundaries_epochs = (60, 120, 160)

@@ -9,11 +9,11 @@ import math
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 from test_train import build, mesh_of, tiny_config
 
+from cifar_jax import config as config_lib
 from cifar_jax.errors import UserError
 from cifar_jax.models import config_fields, count_params, create_model
 
@@ -210,7 +210,7 @@ def test_simple_cnn_dropout_can_be_turned_off():
 def test_one_train_step_on_8_devices(model_fields):
   config = tiny_config(steps_per_call=1)
   # Families differ in their fields, so the whole model sub-dict is replaced.
-  config.model = ml_collections.ConfigDict(model_fields)
+  config.model = config_lib.model_config(**model_fields)
   state, splits, train_fn, *_ = build(config, mesh_of(8))
   before = jax.device_get(state.params)  # The step donates `state`.
   state, totals = train_fn(state, splits.train_images, splits.train_labels, jnp.int32(1))

@@ -12,11 +12,11 @@ import math
 import flax
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 from test_train import build, mesh_of, tiny_config
 
+from cifar_jax import config as config_lib
 from cifar_jax import models
 from cifar_jax.models import config_fields, count_params, create_model, efficientnet, vit
 
@@ -221,9 +221,8 @@ def test_vit_starts_from_the_original_initialisation_and_trains_on_8_devices(mon
   monkeypatch.setitem(models.MODELS, 'tiny_vit', TINY_VIT)
   # Without weight decay, only gradients move the parameters.
   config = tiny_config(**{'optimizer.weight_decay': 0.0})
-  config.model = ml_collections.ConfigDict({
-      'name': 'tiny_vit', 'dtype': 'float32', 'dropout_rate': 0.1,
-      'stochastic_depth_rate': 0.1})
+  config.model = config_lib.model_config(
+      'tiny_vit', dtype='float32', dropout_rate=0.1, stochastic_depth_rate=0.1)
   state, splits, train_fn, *_ = build(config, mesh_of(8))
   assert state.batch_stats == {}
 

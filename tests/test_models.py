@@ -87,7 +87,11 @@ def test_unknown_config_field():
   # Fields fixed by the family entry are not config fields.
   with pytest.raises(UserError, match='stage_sizes'):
     create_model('resnet18', num_classes=10, stage_sizes=(1, 1, 1, 1))
-  assert config_fields('resnet50') == ['width', 'dtype', 'bn_momentum']
+  assert config_fields('resnet50') == ['width', 'stem', 'frozen_batch_stats', 'dtype',
+                                       'bn_momentum', 'bn_epsilon', 'conv_bias']
+  # The Keras variant binds what its weights file fixes.
+  assert config_fields('resnet50_keras') == ['width', 'stem', 'frozen_batch_stats', 'dtype',
+                                             'bn_momentum']
 
 
 def test_unknown_dtype():

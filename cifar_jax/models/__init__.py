@@ -31,6 +31,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     'resnet18': resnet.ResNet18,
     'resnet34': resnet.ResNet34,
     'resnet50': resnet.ResNet50,
+    'resnet50_keras': resnet.ResNet50Keras,
     'simple_cnn': simple_cnn.SimpleCNN,
     'vgg11': vgg.VGG11,
     'vgg13': vgg.VGG13,

@@ -1,0 +1,71 @@
+"""Names and layouts of ResNet weights in the torchvision and Keras files, for `ResNet`.
+
+Each `*_name` function maps one of the model's variables, as a path such as
+('params', 'stage2_block0', 'proj_conv', 'kernel'), to the file's name for it; each `*_value`
+function turns the file's array into the model's layout.
+"""
+import re
+
+import numpy as np
+
+# The model's stage/block modules, e.g. 'stage2_block0'.
+_BLOCK = re.compile(r'stage(\d+)_block(\d+)')
+
+# BatchNorm variables: ours, torchvision's, Keras'.
+_TORCH_BN = {'scale': 'weight', 'bias': 'bias', 'mean': 'running_mean', 'var': 'running_var'}
+_KERAS_BN = {'scale': 'gamma', 'bias': 'beta', 'mean': 'moving_mean', 'var': 'moving_variance'}
+
+
+def torchvision_name(path: tuple[str, ...]) -> str:
+  """E.g. stage2_block0/proj_bn/mean -> 'layer2.0.downsample.1.running_mean'."""
+  *modules, variable = path[1:]
+  if modules == ['head']:
+    return f'fc.{variable.replace("kernel", "weight")}'
+  if modules in (['stem_conv'], ['stem_bn']):
+    layer = 'conv1' if modules == ['stem_conv'] else 'bn1'
+  else:
+    block, layer = modules
+    stage, index = _BLOCK.fullmatch(block).groups()
+    layer = {'proj_conv': 'downsample.0', 'proj_bn': 'downsample.1'}.get(layer, layer)
+    layer = f'layer{stage}.{index}.{layer}'
+  is_bn = modules[-1].endswith('bn')
+  return f'{layer}.{_TORCH_BN[variable] if is_bn else variable.replace("kernel", "weight")}'
+
+
+def torchvision_value(path: tuple[str, ...], array: np.ndarray) -> np.ndarray:
+  """PyTorch's [out, in, h, w] convolution and [out, in] linear weights, transposed to flax's."""
+  if array.ndim == 4:
+    return array.transpose(2, 3, 1, 0)
+  if array.ndim == 2:
+    return array.T
+  return array
+
+
+def keras_name(path: tuple[str, ...]) -> str:
+  """E.g. stage2_block0/proj_bn/mean -> 'conv3_block1_0_bn/moving_mean'."""
+  *modules, variable = path[1:]
+  if modules == ['head']:
+    return f'predictions/{variable}'
+  if modules in (['stem_conv'], ['stem_bn']):
+    layer = 'conv1_conv' if modules == ['stem_conv'] else 'conv1_bn'
+  else:
+    block, layer = modules
+    stage, index = _BLOCK.fullmatch(block).groups()
+    # Keras numbers stages from conv2 (after the conv1 stem) and blocks from 1; the shortcut
+    # projection is layer 0 of the block.
+    kind = 'conv' if layer.endswith('conv') else 'bn'
+    number = '0' if layer.startswith('proj') else layer[-1]
+    layer = f'conv{int(stage) + 1}_block{int(index) + 1}_{number}_{kind}'
+  return f'{layer}/{_KERAS_BN[variable] if layer.endswith("bn") else variable}'
+
+
+def keras_value(path: tuple[str, ...], array: np.ndarray) -> np.ndarray:
+  """Keras' kernels are already [h, w, in, out]; its stem expects BGR images, ours RGB."""
+  if path[1:] == ('stem_conv', 'kernel'):
+    return array[:, :, ::-1]
+  return array
+
+
+def is_batch_norm_counter(name: str) -> bool:
+  """torchvision's `num_batches_tracked`, which flax's BatchNorm has no use for."""
+  return name.endswith('num_batches_tracked')
