@@ -20,6 +20,9 @@ setuptools.setup(
         "tqdm>=4.66",
         # Decodes the images of the tfds copy of CIFAR.
         "pillow>=10",
+        # Pretrained weights: .safetensors without PyTorch, and Keras' .h5 files.
+        "safetensors>=0.4",
+        "h5py>=3.10",
     ],
     extras_require={
         # pytest-xdist: the suite runs on two workers (`-n 2`); most of its time is

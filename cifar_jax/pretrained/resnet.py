@@ -28,7 +28,7 @@ def torchvision_name(path: tuple[str, ...]) -> str:
     stage, index = _BLOCK.fullmatch(block).groups()
     layer = {'proj_conv': 'downsample.0', 'proj_bn': 'downsample.1'}.get(layer, layer)
     layer = f'layer{stage}.{index}.{layer}'
-  is_bn = modules[-1].endswith('bn')
+  is_bn = 'bn' in modules[-1]  # bn1..bn3, proj_bn, stem_bn.
   return f'{layer}.{_TORCH_BN[variable] if is_bn else variable.replace("kernel", "weight")}'
 
 
@@ -53,7 +53,7 @@ def keras_name(path: tuple[str, ...]) -> str:
     stage, index = _BLOCK.fullmatch(block).groups()
     # Keras numbers stages from conv2 (after the conv1 stem) and blocks from 1; the shortcut
     # projection is layer 0 of the block.
-    kind = 'conv' if layer.endswith('conv') else 'bn'
+    kind = 'bn' if 'bn' in layer else 'conv'  # conv1..conv3, proj_conv; bn1..bn3, proj_bn.
     number = '0' if layer.startswith('proj') else layer[-1]
     layer = f'conv{int(stage) + 1}_block{int(index) + 1}_{number}_{kind}'
   return f'{layer}/{_KERAS_BN[variable] if layer.endswith("bn") else variable}'
