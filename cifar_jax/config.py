@@ -143,6 +143,28 @@ def model_config(name: str, **fields) -> ml_collections.ConfigDict:
   })
 
 
+def vit_finetune_config(model_name: str, dataset_name: str) -> ml_collections.ConfigDict:
+  """The ViT paper's fine-tuning recipe at 384x384, for a pretrained `model_name` ('vit_b16'...).
+
+  SGD with momentum 0.9, no weight decay, batch 512, global gradient-norm clipping at 1, a
+  linear warm-up of 5 epochs (485 steps) then cosine decay from 0.03, 26 epochs (2,522 steps).
+  `model.init_from` is left for the command line to fill.
+  """
+  c = base_config()
+  c.dataset.name = dataset_name
+  c.model = model_config(model_name, dtype='bfloat16')
+  c.model.init_from = ml_collections.config_dict.placeholder(str)  # Required: the weights file.
+  c.model.input_size = 384
+  c.batch_size = 512
+  c.num_epochs = 26
+  c.optimizer.learning_rate = 0.03
+  c.optimizer.weight_decay = 0.0
+  c.optimizer.grad_clip_norm = 1.0
+  c.schedule.name = 'cosine'
+  c.schedule.warmup_epochs = 5.0
+  return c
+
+
 def _check_choice(value, choices, field):
   if value not in choices:
     raise UserError(f'config.{field}={value!r} is not one of {", ".join(choices)}.')

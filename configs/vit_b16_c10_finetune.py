@@ -11,22 +11,8 @@ batch 512, global gradient-norm clipping at 1, a linear warm-up of about 500 ste
 decay from 0.03; here 26 epochs (2,522 steps). The paper reports 99.02% for ViT-B/16
 (ImageNet-21k) on CIFAR-10, and 98.88% for ViT-B/32. Not yet measured with this codebase.
 """
-from ml_collections import config_dict
-
 from cifar_jax import config as config_lib
 
 
 def get_config():
-  config = config_lib.base_config()
-  config.dataset.name = 'cifar10'
-  config.model = config_lib.model_config('vit_b16', dtype='bfloat16')
-  config.model.init_from = config_dict.placeholder(str)  # Required: the weights file.
-  config.model.input_size = 384
-  config.batch_size = 512
-  config.num_epochs = 26
-  config.optimizer.learning_rate = 0.03
-  config.optimizer.weight_decay = 0.0
-  config.optimizer.grad_clip_norm = 1.0
-  config.schedule.name = 'cosine'
-  config.schedule.warmup_epochs = 5.0
-  return config
+  return config_lib.vit_finetune_config('vit_b16', 'cifar10')

@@ -99,40 +99,46 @@ def test_resampling_a_position_embedding_interpolates_between_neighbours():
     pretrained.vit.resize_position_embedding(embedding, (1, 11, 1))
 
 
-def torchvision_state_dict(model, num_classes=1000, stem_size=7, seed=0):
-  """Random weights for `model` in torchvision's names and layouts (7x7 stem, 1000 classes)."""
+def torchvision_state_dict(model_name, width, seed=0):
+  """A "pretrained" ImageNet ResNet's state dict in torchvision's names and layouts.
+
+  7x7 stem, 1000 classes, random values of a trained network's scale (He-normal kernels,
+  positive variances), and torchvision's BatchNorm counters.
+  """
+  model = models.create_model(model_name, num_classes=1000, width=width, stem='imagenet')
   params, batch_stats = init_variables(model, size=64)
-  template = flax.traverse_util.flatten_dict({'params': params, 'batch_stats': batch_stats})
   rng = np.random.default_rng(seed)
-  state = {}
-  for path, value in template.items():
-    shape = value.shape
-    if path[1:] == ('stem_conv', 'kernel'):
-      shape = (stem_size, stem_size, *shape[2:])
-    if path[1] == 'head':
-      shape = (shape[0], num_classes) if len(shape) == 2 else (num_classes,)
-    # Values of a trained network's scale: He-normal kernels, positive variances.
-    if path[-1] == 'kernel':
-      array = rng.normal(size=shape) * np.sqrt(2 / np.prod(shape[:-1]))
-    elif path[-1] in ('scale', 'var'):
-      array = rng.uniform(0.5, 1.5, size=shape)
-    else:
-      array = rng.normal(size=shape) * 0.1
-    if array.ndim == 4:
-      array = array.transpose(3, 2, 0, 1)
-    elif array.ndim == 2:
-      array = array.T
-    state[resnet_layout.torchvision_name(path)] = np.ascontiguousarray(array, np.float32)
-    if path[-1] == 'mean':
-      state[resnet_layout.torchvision_name(path)[:-len('running_mean')] +
-            'num_batches_tracked'] = np.array(100, np.int64)
+
+  def randomise(path, value):
+    if path[-1].key == 'kernel':
+      return rng.normal(size=value.shape) * np.sqrt(2 / np.prod(value.shape[:-1]))
+    if path[-1].key in ('scale', 'var'):
+      return rng.uniform(0.5, 1.5, size=value.shape)
+    return rng.normal(size=value.shape) * 0.1
+
+  params, batch_stats = jax.tree_util.tree_map_with_path(randomise, (params, batch_stats))
+  state = resnet_layout.to_torchvision(params, batch_stats)
+  for name in list(state):
+    if name.endswith('running_mean'):
+      state[name.replace('running_mean', 'num_batches_tracked')] = np.array(100, np.int64)
   return state
+
+
+def test_exported_state_dict_loads_back_unchanged(tmp_path):
+  model = models.create_model('resnet18', num_classes=1000, width=8, stem='imagenet')
+  state = torchvision_state_dict('resnet18', width=8)
+  path = str(tmp_path / 'resnet18.safetensors')
+  safetensors.numpy.save_file(state, path)
+  params, batch_stats, _ = pretrained.load(path, model, *init_variables(model))
+  exported = resnet_layout.to_torchvision(params, batch_stats)
+  assert exported.keys() == {k for k in state if not k.endswith('num_batches_tracked')}
+  for name, array in exported.items():
+    np.testing.assert_array_equal(array, state[name])
 
 
 def test_torchvision_resnet_loads_into_the_cifar_stem_with_a_new_head(tmp_path):
   model = models.create_model('resnet18', num_classes=10, width=8)  # CIFAR stem.
-  state = torchvision_state_dict(models.create_model('resnet18', num_classes=10, width=8,
-                                                     stem='imagenet'))
+  state = torchvision_state_dict('resnet18', width=8)
   path = str(tmp_path / 'resnet18.safetensors')
   safetensors.numpy.save_file(state, path)
   fresh_params, fresh_stats = init_variables(model)
@@ -154,8 +160,7 @@ def test_torchvision_resnet_loads_into_the_cifar_stem_with_a_new_head(tmp_path):
 @pytest.fixture(scope='module')
 def resnet18_file(tmp_path_factory):
   path = str(tmp_path_factory.mktemp('weights') / 'resnet18.safetensors')
-  model = models.create_model('resnet18', num_classes=10, width=8, stem='imagenet')
-  safetensors.numpy.save_file(torchvision_state_dict(model), path)
+  safetensors.numpy.save_file(torchvision_state_dict('resnet18', width=8), path)
   return path
 
 

@@ -10,6 +10,7 @@ import jax
 import numpy as np
 import pytest
 import safetensors.numpy
+from test_pretrained import WritesAFileWhenUnpickled
 
 from cifar_jax import models, pretrained
 from cifar_jax.errors import UserError
@@ -212,3 +213,15 @@ def test_keras_resnet50_h5_gives_the_reference_logits(tmp_path):
   torchvision_layout = models.create_model('resnet50', num_classes=5, width=16, stem='imagenet')
   with pytest.raises(UserError, match=r'no place for.*conv1_conv/bias'):
     pretrained.load(path, torchvision_layout, *fresh_variables(torchvision_layout))
+
+
+
+def test_a_pth_that_would_run_code_is_refused_without_running_it(tmp_path):
+  marker = tmp_path / 'ran'
+  path = str(tmp_path / 'evil.pth')
+  torch.save({'conv1.weight': torch.zeros(1), 'payload': WritesAFileWhenUnpickled(str(marker))},
+             path)
+  model = models.create_model('resnet10', num_classes=10, width=4)
+  with pytest.raises(UserError, match='could not read .*evil.pth as a PyTorch file'):
+    pretrained.load(path, model, *fresh_variables(model))
+  assert not marker.exists()

@@ -6,6 +6,7 @@ function turns the file's array into the model's layout.
 """
 import re
 
+import flax
 import numpy as np
 
 # The model's stage/block modules, e.g. 'stage2_block0'.
@@ -69,3 +70,21 @@ def keras_value(path: tuple[str, ...], array: np.ndarray) -> np.ndarray:
 def is_batch_norm_counter(name: str) -> bool:
   """torchvision's `num_batches_tracked`, which flax's BatchNorm has no use for."""
   return name.endswith('num_batches_tracked')
+
+
+def to_torchvision(params, batch_stats) -> dict[str, np.ndarray]:
+  """A ResNet's variables as a torchvision state dict (numpy): the inverse of loading one.
+
+  E.g. to save with `safetensors.numpy.save_file` for PyTorch, or to start another run from.
+  """
+  flat = flax.traverse_util.flatten_dict({'params': params, 'batch_stats': batch_stats})
+  state = {}
+  for path, value in flat.items():
+    array = np.asarray(value, np.float32)
+    if array.ndim == 4:
+      array = array.transpose(3, 2, 0, 1)
+    elif array.ndim == 2:
+      array = array.T
+    # Contiguous, since safetensors writes an array's memory as it lies.
+    state[torchvision_name(path)] = np.ascontiguousarray(array)
+  return state
