@@ -1,10 +1,13 @@
 """What the command-line entry points share."""
 import logging
+import os
 import sys
 
 from absl import flags
 from absl import logging as absl_logging
+from ml_collections import config_flags
 
+from cifar_jax import metrics
 from cifar_jax.errors import UserError
 
 
@@ -54,3 +57,21 @@ def flags_parser(define_late_flags=None):
                'Every field, with its meaning, is declared in cifar_jax/config.py.')
 
   return parse
+
+
+def workdir_config_flag(workdir_flag):
+  """A `define_late_flags` for commands on a workdir: --config is the workdir's saved config.
+
+  So `--config.FIELD=VALUE` overrides apply to the config the run was trained with.
+  """
+
+  def define(argv):
+    flags.FLAGS(argv, known_only=True)
+    path = os.path.join(workdir_flag.value or '', 'config.json')
+    if not os.path.exists(path):
+      sys.exit(f'error: {path} not found: --workdir must name a workdir written by '
+               '`python -m cifar_jax.main`.')
+    config_flags.DEFINE_config_dict('config', metrics.load_config(workdir_flag.value),
+                                    lock_config=True)
+
+  return define

@@ -47,7 +47,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.max_steps = 0  # Stop after this many train steps; 0 means no limit.
   c.batch_size = 128  # Global: split evenly across all devices.
   c.eval_batch_size = 500  # Global; the last batch is padded and masked.
-  c.eval_every_epochs = 1
+  c.eval_every_epochs = 1.0  # May be a fraction; at least one step.
   # Train steps per compiled call (a loop on the device), so Python dispatch
   # never limits small models; metrics reach the host once per call. 0 means
   # 10 on GPU/TPU and 1 on CPU, where XLA runs convolutions inside device loops

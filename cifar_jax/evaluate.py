@@ -1,83 +1,34 @@
-"""Evaluates a workdir's checkpoint on the test split and prints one JSON line.
+"""Evaluates a workdir's checkpoint on the test split: one JSON line, and the report's plots.
 
     python -m cifar_jax.evaluate --workdir=DIR [--checkpoint=best|latest|STEP]
         [--config.dataset.data_dir=...]
 
 The config is the one saved in the workdir; `--config.FIELD=VALUE` overrides
-any field of it (e.g. to point at another copy of the test split).
+any field of it (e.g. to point at another copy of the test split). The plots
+and summary of `cifar_jax.report` are written to DIR/report as well.
 """
 import json
-import os
-import sys
 
 from absl import app, flags
-from ml_collections import config_flags
 
-from cifar_jax import cli, metrics, optim, sharding, train
-from cifar_jax import config as config_lib
-from cifar_jax.checkpoint import Checkpoints
-from cifar_jax.errors import UserError
+from cifar_jax import cli, report
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A workdir written by cifar_jax.main.')
 _CHECKPOINT = flags.DEFINE_string('checkpoint', 'best', "'best', 'latest' or a step number.")
-flags.mark_flag_as_required('workdir')
-
-
-def choose_step(checkpoints: Checkpoints, which: str) -> int:
-  """The step of checkpoint `which` ('best' | 'latest' | a step number)."""
-  steps = checkpoints.all_steps()
-  if not steps:
-    raise UserError(f'no checkpoints in {checkpoints.directory}: train first with '
-                    '`python -m cifar_jax.main --config=... --workdir=...`.')
-  if which == 'best':
-    return checkpoints.best_step()
-  if which == 'latest':
-    return checkpoints.latest_step()
-  if which.isdigit() and int(which) in steps:
-    return int(which)
-  raise UserError(f'--checkpoint={which} is not best, latest or one of the saved steps {steps}.')
 
 
 def evaluate(config, workdir: str, which: str = 'best') -> dict:
   """Test-split metrics of checkpoint `which` of `workdir`, with per-class accuracy by name."""
-  if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
-    raise UserError(f'{workdir} holds no checkpoints directory: is it a workdir written by '
-                    '`python -m cifar_jax.main`?')
-  config_lib.validate(config)
-  mesh = sharding.create_mesh()
-  train.check_divisibility(config, mesh.size)
-  dataset, host_splits = train.load_host_splits(config)
-  model = train.create_model(config, dataset.num_classes)
-  optimizer = optim.create_optimizer(config, optim.create_schedule(config, steps_per_epoch=1))
-  abstract = train.abstract_train_state(config, model, optimizer, optim.create_plateau(config),
-                                        mesh)
-  checkpoints = Checkpoints(workdir, read_only=True)
-  try:
-    step = choose_step(checkpoints, which)
-    state = checkpoints.restore(abstract, step)
-  finally:
-    checkpoints.close()
-  eval_fn = train.compile_eval_fn(config, model, mesh, dataset.num_classes)
-  test = train.place_eval_split(*host_splits['test'], config.eval_batch_size, mesh)
-  result = metrics.summarize_eval(eval_fn(state, *test))
-  per_class = dict(zip(dataset.class_names, result.pop('per_class_accuracy'), strict=False))
-  return {'checkpoint_step': step, **{f'test_{k}': v for k, v in result.items()
-                                      if k != 'num_examples'},
-          'num_examples': result['num_examples'], 'per_class_accuracy': per_class}
-
-
-def _define_config_flag(argv):
-  """Defines --config as the workdir's saved config.
-
-  So `--config.FIELD=VALUE` overrides apply to the config the run was trained with.
-  """
-  flags.FLAGS(argv, known_only=True)
-  path = os.path.join(_WORKDIR.value or '', 'config.json')
-  config = metrics.load_config(_WORKDIR.value) if os.path.exists(path) else None
-  if config is None:
-    sys.exit(f'error: {path} not found: --workdir must name a workdir written by '
-             '`python -m cifar_jax.main`.')
-  config_flags.DEFINE_config_dict('config', config, lock_config=True)
+  report_path, analysis = report.create(workdir, which, config)
+  names = analysis['class_names']
+  return {
+      'checkpoint_step': analysis['checkpoint_step'],
+      'test_loss': analysis['loss'], 'test_accuracy': analysis['accuracy'],
+      'test_top5_accuracy': analysis['top5_accuracy'], 'num_examples': len(analysis['labels']),
+      'per_class_accuracy': dict(zip(names, analysis['per_class_accuracy'].tolist(),
+                                     strict=True)),
+      'report': report_path,
+  }
 
 
 def main(argv):
@@ -89,4 +40,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=cli.flags_parser(_define_config_flag))
+  app.run(main, flags_parser=cli.flags_parser(cli.workdir_config_flag(_WORKDIR)))

@@ -18,6 +18,28 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
+def save_classes(dataset, workdir: str) -> None:
+  """The class names (and CIFAR-100's superclasses) beside the config, for commands that
+  predict or plot without the dataset at hand."""
+  fine_to_coarse = None
+  if dataset.coarse_class_names is not None:
+    split = dataset.train
+    fine_to_coarse = np.zeros(dataset.num_classes, np.int32)
+    fine_to_coarse[split.labels] = split.coarse_labels
+  with open(os.path.join(workdir, 'classes.json'), 'w') as f:
+    json.dump({'class_names': list(dataset.class_names),
+               'coarse_class_names': _jsonable(dataset.coarse_class_names and
+                                               list(dataset.coarse_class_names)),
+               'fine_to_coarse': _jsonable(fine_to_coarse)}, f, indent=1)
+    f.write('\n')
+
+
+def load_classes(workdir: str) -> dict:
+  """What `save_classes` wrote: class_names, coarse_class_names, fine_to_coarse."""
+  with open(os.path.join(workdir, 'classes.json')) as f:
+    return json.load(f)
+
+
 def _jsonable(value):
   if isinstance(value, (np.ndarray, np.generic)):
     return value.tolist()
@@ -98,12 +120,15 @@ class TrainMeter:
 
 
 def read_metrics(workdir: str) -> list[dict]:
-  """The records of `metrics.jsonl`, oldest first; [] when there are none."""
+  """The records of `metrics.jsonl`, oldest first; [] when there are none.
+
+  A line still being written by a running job (not yet ending in a newline) is left out.
+  """
   path = os.path.join(workdir, 'metrics.jsonl')
   if not os.path.exists(path):
     return []
   with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    return [json.loads(line) for line in f if line.endswith('\n') and line.strip()]
 
 
 class CompilationCounter:

@@ -217,6 +217,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
 
   # 2. Data, on the mesh for the whole run.
   dataset, host_splits = load_host_splits(config)
+  metrics.save_classes(dataset, workdir)
   image_stats = augment.channel_stats(host_splits['train'][0])
   splits = place_splits(host_splits, dataset.num_classes, config.eval_batch_size, mesh)
   del host_splits
@@ -227,7 +228,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
   total_steps = optim.epochs_to_steps(config.num_epochs, steps_per_epoch)
   if config.max_steps:
     total_steps = min(total_steps, config.max_steps)
-  eval_every = optim.epochs_to_steps(config.eval_every_epochs, steps_per_epoch)
+  eval_every = max(1, optim.epochs_to_steps(config.eval_every_epochs, steps_per_epoch))
 
   # 3. Model, optimiser, state. The resume order: build a fresh state (its
   # structure and shardings), fill in pretrained weights when a new run starts
@@ -255,6 +256,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
   step = int(state.step)
   patience = config.early_stopping.patience if config.early_stopping.enabled else np.inf
   meter = metrics.TrainMeter()
+  # Wall time carries on across resumes from the last record (the time between
+  # that record and an interruption is not counted).
+  previous = metrics.read_metrics(workdir)
+  wall_start = time.perf_counter() - (previous[-1].get('wall_seconds', 0.0) if previous else 0.0)
   call_steps = steps_per_call(config)
   progress = None
   try:
@@ -301,6 +306,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
       if step % eval_every == 0:
         state = monitor_fn(state, jnp.asarray(monitored, jnp.float32))
       record = {'step': step, 'epoch': step / steps_per_epoch, 'learning_rate': learning_rate,
+                'plateau_scale': float(state.plateau.scale),
+                'wall_seconds': time.perf_counter() - wall_start,
                 **meter.summary(config.batch_size, with_hem=config.hem.mode != 'off')}
       for name, result in results.items():
         record.update({f'{name}_{k}': v for k, v in result.items() if k != 'per_class_accuracy'})

@@ -1,0 +1,110 @@
+"""Predicts the class of your own images with a trained workdir's model.
+
+    python -m cifar_jax.predict --workdir=DIR [--checkpoint=best] [--top_k=3] [--json] \
+        IMAGE_OR_DIR...
+
+Any image Pillow reads (PNG, JPEG, GIF, BMP, WebP, ...) of any size: it is centre-cropped to a
+square and resized to 32x32, as CIFAR's images are, then goes through the model as the test
+split does (with `eval_flip_tta` if the run used it). A directory stands for the files in it
+(sorted, not recursive). Prints one line per image, `FILE: class probability, ...`, or with
+`--json` one JSON object per image. A file that cannot be read gets an error line and the
+others are still predicted; the exit status is then 1.
+"""
+import json
+import os
+import sys
+
+import numpy as np
+from absl import app, flags
+from PIL import Image, UnidentifiedImageError
+
+from cifar_jax import cli, restore
+from cifar_jax.errors import UserError
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'A workdir written by cifar_jax.main.')
+_CHECKPOINT = flags.DEFINE_string('checkpoint', 'best', "'best', 'latest' or a step number.")
+_TOP_K = flags.DEFINE_integer('top_k', 3, 'Classes to print per image, most probable first.')
+_JSON = flags.DEFINE_bool('json', False, 'One JSON object per image instead of text.')
+
+IMAGE_SIZE = 32
+
+
+def expand(paths: list[str]) -> list[str]:
+  """The files named, with each directory replaced by the files in it (sorted)."""
+  files = []
+  for path in paths:
+    if os.path.isdir(path):
+      files += sorted(os.path.join(path, name) for name in os.listdir(path)
+                      if os.path.isfile(os.path.join(path, name)))
+    else:
+      files.append(path)
+  return files
+
+
+def read_image(path: str) -> np.ndarray:
+  """uint8 [32, 32, 3]: the centre square of the image, resized with antialiasing.
+
+  Raises:
+    UserError: if the file is missing or is not an image Pillow can decode.
+  """
+  try:
+    with Image.open(path) as image:
+      image = image.convert('RGB')
+  except FileNotFoundError:
+    raise UserError(f'{path}: no such file') from None
+  except (UnidentifiedImageError, OSError, ValueError) as e:
+    raise UserError(f'{path}: not an image Pillow can read ({type(e).__name__}: {e})') from None
+  side = min(image.size)
+  left, top = (image.width - side) // 2, (image.height - side) // 2
+  image = image.crop((left, top, left + side, top + side))
+  return np.asarray(image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.LANCZOS), np.uint8)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+  exp = np.exp(logits - logits.max(-1, keepdims=True))
+  return exp / exp.sum(-1, keepdims=True)
+
+
+def predict(workdir: str, paths: list[str], which: str = 'best', top_k: int = 3) -> list[dict]:
+  """One result per file: {'file', 'predictions': [{'class', 'probability'}...]} or {'file',
+  'error'}, in the order given."""
+  files = expand(paths)
+  if not files:
+    raise UserError('no image files given: name image files or directories holding them.')
+  images, results = {}, []
+  for path in files:
+    try:
+      images[path] = read_image(path)
+    except UserError as e:
+      results.append({'file': path, 'error': str(e)})
+  trained = restore.from_workdir(workdir, which)
+  names = trained.classes['class_names']
+  probabilities = softmax(trained.logits(np.stack(list(images.values())))) if images else []
+  predicted = {}
+  for path, probs in zip(images, probabilities, strict=True):
+    best = np.argsort(-probs)[:top_k]
+    predicted[path] = [{'class': names[i], 'probability': float(probs[i])} for i in best]
+  errors = {r['file']: r for r in results}
+  return [errors.get(path) or {'file': path, 'predictions': predicted[path]} for path in files]
+
+
+def main(argv):
+  if len(argv) < 2:
+    raise app.UsageError('name one or more images or directories after the flags.')
+  results = cli.run_reporting_user_errors(predict, _WORKDIR.value, argv[1:], _CHECKPOINT.value,
+                                          _TOP_K.value)
+  for result in results:
+    if _JSON.value:
+      print(json.dumps(result))
+    elif 'error' in result:
+      print(f'error: {result["error"]}', file=sys.stderr)
+    else:
+      print(f'{result["file"]}: ' + ', '.join(f'{p["class"]} {p["probability"]:.3f}'
+                                              for p in result['predictions']))
+  if any('error' in result for result in results):
+    sys.exit(1)
+
+
+if __name__ == '__main__':
+  flags.mark_flag_as_required('workdir')
+  app.run(main, flags_parser=cli.flags_parser())
