@@ -14,8 +14,13 @@ RIGHT, WRONG = '#1a7f37', '#cf222e'  # Green and red.
 DPI = 100
 
 
+def _figure(rows: int, columns: int, size: tuple[float, float], **kwargs):
+  # Constrained layout keeps labels inside the figure, so a PNG is exactly `size` * DPI pixels.
+  return plt.subplots(rows, columns, figsize=size, layout='constrained', **kwargs)
+
+
 def _save(figure, path: str) -> str:
-  figure.savefig(path, dpi=DPI, bbox_inches='tight')
+  figure.savefig(path, dpi=DPI)
   plt.close(figure)
   return path
 
@@ -28,8 +33,8 @@ def learning_curves(records: list[dict], path: str) -> str:
     path: Where to write the PNG.
   """
   epochs = np.array([r['epoch'] for r in records])
-  figure, (loss_axis, accuracy_axis, rate_axis) = plt.subplots(
-      3, 1, figsize=(8, 9), sharex=True, gridspec_kw={'height_ratios': [3, 3, 1.4]})
+  figure, (loss_axis, accuracy_axis, rate_axis) = _figure(
+      3, 1, (8, 9), sharex=True, gridspec_kw={'height_ratios': [3, 3, 1.4]})
   for axis, metric in ((loss_axis, 'loss'), (accuracy_axis, 'accuracy')):
     for split, style in (('train', '-'), ('val', ':'), ('test', '--')):
       values = [r.get(f'{split}_{metric}') for r in records]
@@ -62,7 +67,7 @@ def confusion_matrix(matrix: np.ndarray, names: list[str], path: str, title: str
   """Row-normalised confusion matrix (rows: true class, columns: predicted), counts in cells."""
   rates = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
   size = max(6.0, 0.45 * len(names) + 2)
-  figure, axis = plt.subplots(figsize=(size, size))
+  figure, axis = _figure(1, 1, (size, size))
   image = axis.imshow(rates, cmap='Blues', vmin=0, vmax=1)
   axis.set_xticks(range(len(names)), names, rotation=60, ha='right', fontsize=9)
   axis.set_yticks(range(len(names)), names, fontsize=9)
@@ -73,15 +78,18 @@ def confusion_matrix(matrix: np.ndarray, names: list[str], path: str, title: str
     for (row, column), count in np.ndenumerate(matrix):
       axis.text(column, row, str(count), ha='center', va='center', fontsize=7,
                 color='white' if rates[row, column] > 0.5 else 'black')
-  figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04, label='share of the true class')
+  figure.colorbar(image, ax=axis, shrink=0.8, label='share of the true class')
   return _save(figure, path)
 
 
 def per_class_accuracy(accuracy: np.ndarray, names: list[str], path: str) -> str:
   """Horizontal bars of each class's test accuracy, worst at the top."""
   order = np.argsort(accuracy)
-  figure, axis = plt.subplots(figsize=(7, max(3.0, 0.22 * len(names) + 1)))
+  figure, axis = _figure(1, 1, (7, max(3.0, 0.22 * len(names) + 1)))
   axis.barh(range(len(names)), accuracy[order], color='#0969da')
+  if len(names) <= 20:  # Values beside the bars, so a zero still reads as one.
+    for row, value in enumerate(accuracy[order]):
+      axis.text(min(value + 0.01, 0.93), row, f'{value:.2f}', va='center', fontsize=7)
   axis.set_yticks(range(len(names)), [names[i] for i in order], fontsize=8)
   axis.invert_yaxis()
   axis.set_xlim(0, 1)
@@ -89,7 +97,7 @@ def per_class_accuracy(accuracy: np.ndarray, names: list[str], path: str) -> str
                label=f'mean {np.mean(accuracy):.3f}')
   axis.set_xlabel('test accuracy')
   axis.set_title('Per-class accuracy')
-  axis.legend(loc='lower right')
+  axis.legend(loc='best')
   return _save(figure, path)
 
 
@@ -102,7 +110,7 @@ def image_grid(images: np.ndarray, captions: list[str], correct: np.ndarray | No
       mark, or a red one with a cross. None draws every caption in black (no verdict).
   """
   rows = int(np.ceil(len(images) / columns))
-  figure, axes = plt.subplots(rows, columns, figsize=(1.9 * columns, 2.6 * rows), squeeze=False)
+  figure, axes = _figure(rows, columns, (1.9 * columns, 2.4 * rows), squeeze=False)
   for index, axis in enumerate(axes.flat):
     axis.set_xticks([])
     axis.set_yticks([])
@@ -119,14 +127,13 @@ def image_grid(images: np.ndarray, captions: list[str], correct: np.ndarray | No
         spine.set_linewidth(3)
     axis.set_title(caption, color=colour, fontsize=8)
   figure.suptitle(title)
-  figure.tight_layout()
   return _save(figure, path)
 
 
 def accuracy_bars(labels: list[str], final: list[float], best: list[float], path: str) -> str:
   """Final and best test accuracy of several runs, side by side."""
   positions = np.arange(len(labels))
-  figure, axis = plt.subplots(figsize=(max(5.0, 1.3 * len(labels) + 2), 4.5))
+  figure, axis = _figure(1, 1, (max(5.0, 1.3 * len(labels) + 2), 4.5))
   axis.bar(positions - 0.2, final, 0.4, label='final', color='#0969da')
   axis.bar(positions + 0.2, best, 0.4, label='best', color='#8250df')
   for x, value in zip(positions, final, strict=True):

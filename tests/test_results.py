@@ -1,0 +1,156 @@
+"""The commands that show results: report (written by main), evaluate, predict and compare."""
+import csv
+import json
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+from test_cli import run, smoke_workdir  # noqa: F401 (a fixture)
+from test_train import tiny_config
+
+from cifar_jax import augment, data, metrics, models, report, restore, train
+
+# (width, height) in pixels of each figure of the smoke run (CIFAR-10: 10 classes).
+FIGURES = {
+    'learning_curves.png': (800, 900),
+    'confusion_matrix.png': (650, 650),
+    'per_class_accuracy.png': (700, 320),
+    'test_predictions.png': (1520, 960),
+    'hardest_train_images.png': (1520, 960),
+}
+
+
+def test_training_ends_with_a_report_of_valid_pngs(smoke_workdir):  # noqa: F811
+  out = smoke_workdir / 'report'
+  for name, size in FIGURES.items():
+    with Image.open(out / name) as image:
+      assert image.format == 'PNG' and image.size == size, name
+      image.verify()
+  text = (out / 'report.md').read_text()
+  assert text.startswith('# resnet10 on cifar10')
+  for name in FIGURES:
+    assert f']({name})' in text
+  # The figures are in TensorBoard too.
+  assert any('events' in p.name for p in (smoke_workdir / 'tensorboard').iterdir())
+
+
+def test_evaluate_reports_the_models_own_predictions(smoke_workdir):  # noqa: F811
+  result = run('cifar_jax.evaluate', f'--workdir={smoke_workdir}', '--checkpoint=latest')
+  assert result.returncode == 0, result.stderr[-3000:]
+  evaluated = json.loads(result.stdout)
+  assert evaluated['report'].endswith('report/report.md')
+  # Its numbers agree with the test accuracy the training loop logged at the same checkpoint.
+  assert evaluated['test_accuracy'] == pytest.approx(
+      metrics.read_metrics(smoke_workdir)[-1]['test_accuracy'])
+
+
+def write_test_images(directory, count=3):
+  """The smoke run's first `count` test images as (lossless) PNGs; returns their arrays."""
+  dataset = data.load('cifar10', 'synthetic', synthetic_train_size=512, synthetic_test_size=256,
+                      synthetic_seed=0)
+  directory.mkdir()
+  for i in range(count):
+    Image.fromarray(dataset.test.images[i]).save(directory / f'test_{i}.png')
+  return dataset.test.images[:count]
+
+
+def test_predict_gives_the_probabilities_the_model_computes(smoke_workdir, tmp_path):  # noqa: F811
+  images = write_test_images(tmp_path / 'images')
+  result = run('cifar_jax.predict', f'--workdir={smoke_workdir}', '--json', '--top_k=10',
+               str(tmp_path / 'images'))
+  assert result.returncode == 0, result.stderr[-3000:]
+  lines = [json.loads(line) for line in result.stdout.strip().splitlines()]
+  assert [line['file'].rsplit('/', 1)[-1] for line in lines] == [
+      'test_0.png', 'test_1.png', 'test_2.png']
+
+  # The reference: the restored model applied directly, by hand.
+  trained = restore.from_workdir(str(smoke_workdir))
+  state = jax.device_get(trained.state)
+  inputs = augment.normalize(images, state.image_mean, state.image_std)
+  logits = trained.model.apply({'params': state.params, 'batch_stats': state.batch_stats},
+                               inputs, train=False)
+  expected = np.asarray(jax.nn.softmax(logits))
+  names = trained.classes['class_names']
+  for line, probabilities in zip(lines, expected, strict=True):
+    got = {p['class']: p['probability'] for p in line['predictions']}
+    assert got == pytest.approx({names[i]: float(p) for i, p in enumerate(probabilities)},
+                                abs=1e-5)
+    assert list(got.values()) == sorted(got.values(), reverse=True)
+
+
+def test_predict_reports_bad_files_and_still_predicts_the_others(smoke_workdir, tmp_path):  # noqa: F811
+  (tmp_path / 'notes.txt').write_text('not an image')
+  big = tmp_path / 'photo.jpg'
+  Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 200, 3), np.uint8)).save(big)
+  result = run('cifar_jax.predict', f'--workdir={smoke_workdir}', str(big),
+               str(tmp_path / 'notes.txt'), str(tmp_path / 'missing.png'))
+  assert result.returncode == 1
+  assert result.stdout.startswith(f'{big}: ')  # Any size is resized to the model's input.
+  assert f'{tmp_path / "notes.txt"}: not an image Pillow can read' in result.stderr
+  assert f'{tmp_path / "missing.png"}: no such file' in result.stderr
+  assert 'Traceback' not in result.stderr
+
+
+@pytest.mark.parametrize('files,args,message', [
+    # A run that has started (config written) but saved no checkpoint yet.
+    (['config.json', 'classes.json'], ['cifar_jax.predict', '--workdir=EMPTY', 'IMAGE'],
+     'holds no checkpoints'),
+    ([], ['cifar_jax.predict', '--workdir=EMPTY', 'IMAGE'], 'holds no config.json'),
+    ([], ['cifar_jax.compare', 'EMPTY'], 'holds no config.json'),
+    ([], ['cifar_jax.report', '--workdir=EMPTY'], 'config.json not found'),
+])
+def test_empty_workdirs_get_one_clear_error(tmp_path, files, args, message):
+  empty = tmp_path / 'empty'
+  empty.mkdir()
+  for name in files:
+    (empty / name).write_text('{}')
+  image = tmp_path / 'image.png'
+  Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(image)
+  result = run(*[a.replace('EMPTY', str(empty)).replace('IMAGE', str(image)) for a in args])
+  assert result.returncode != 0
+  assert message in result.stderr, result.stderr[-2000:]
+  assert 'Traceback' not in result.stderr
+
+
+def test_compare_tabulates_finished_and_interrupted_runs(smoke_workdir, tmp_path):  # noqa: F811
+  # An interrupted copy: only its first evaluation was logged.
+  interrupted = tmp_path / 'interrupted'
+  shutil.copytree(smoke_workdir, interrupted)
+  records = metrics.read_metrics(str(smoke_workdir))
+  (interrupted / 'metrics.jsonl').write_text(json.dumps(records[0]) + '\n')
+  out = tmp_path / 'table'
+  result = run('cifar_jax.compare', f'--out={out}', str(smoke_workdir), str(interrupted))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout == (out / 'runs.md').read_text()
+  with open(out / 'runs.csv') as f:
+    rows = list(csv.DictReader(f))
+  assert [row['run'] for row in rows] == [smoke_workdir.name, 'interrupted']
+  finished, partial = rows
+  model = models.create_model('resnet10', num_classes=10, width=8)
+  params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)),
+                                             train=False))['params']
+  assert int(finished['parameters']) == models.count_params(params)
+  assert finished['status'] == 'finished' and partial['status'] == 'partial'
+  assert finished['epochs'] == '3' and partial['epochs'] == '1'
+  assert float(finished['final_test_accuracy']) == pytest.approx(records[-1]['test_accuracy'])
+  assert float(finished['best_test_accuracy']) == pytest.approx(
+      max(r['test_accuracy'] for r in records))
+  assert float(partial['final_test_accuracy']) == pytest.approx(records[0]['test_accuracy'])
+  assert finished['hem_mode'] == 'off'
+  with Image.open(out / 'accuracy.png') as image:
+    assert image.format == 'PNG' and image.size == (500, 450)
+
+
+def test_cifar100_report_groups_the_confusion_by_superclass(tmp_path):
+  config = tiny_config(**{'dataset.name': 'cifar100', 'max_steps': 2, 'steps_per_call': 1,
+                          'dataset.synthetic_train_size': 400})
+  train.train_and_evaluate(config, str(tmp_path))
+  path, analysis = report.create(str(tmp_path), 'latest')
+  assert analysis['confusion'].shape == (100, 100)
+  with Image.open(tmp_path / 'report' / 'confusion_matrix.png') as image:
+    assert image.size == (1100, 1100)  # 20 superclasses, not 100 classes.
+  text = open(path).read()
+  assert 'Most-confused classes' in text
