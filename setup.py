@@ -23,6 +23,8 @@ setuptools.setup(
         # Pretrained weights: .safetensors without PyTorch, and Keras' .h5 files.
         "safetensors>=0.4",
         "h5py>=3.10",
+        # The figures of cifar_jax.report and cifar_jax.compare.
+        "matplotlib>=3.8",
     ],
     extras_require={
         # pytest-xdist: the suite runs on two workers (`-n 2`); most of its time is
