@@ -7,7 +7,7 @@ from absl import flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from cifar_jax import metrics
+from cifar_jax import metrics, multihost
 from cifar_jax.errors import UserError
 
 
@@ -23,6 +23,9 @@ def run_reporting_user_errors(fn, *args):
     sys.exit(f'error: {e}')
   except KeyboardInterrupt:
     sys.exit('interrupted: the same command resumes from the latest checkpoint.')
+  except multihost.Preempted as e:
+    print(f'preempted: {e}', file=sys.stderr)
+    sys.exit(0)  # A clean stop: the checkpoint is complete.
 
 
 def flags_parser(define_late_flags=None):

@@ -3,22 +3,37 @@
 Any config field can be overridden as `--config.FIELD=VALUE`. Restarting with
 the same workdir resumes from its latest checkpoint. At the end, the plots and
 summary of `cifar_jax.report` are written to WORKDIR/report (`--noreport` skips them).
+
+Several processes (one per host) run the same command: on Cloud TPU VMs and under SLURM
+with `--multihost`, elsewhere with `--coordinator_address=HOST:PORT --num_processes=N
+--process_id=I` (see launch/). SIGTERM makes every process save the same step and exit.
 """
+import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from cifar_jax import cli, report, train
+from cifar_jax import cli, multihost, report, train
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (a get_config() module).',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and logs.')
 _REPORT = flags.DEFINE_bool('report', True, 'Write WORKDIR/report after training.')
+_MULTIHOST = flags.DEFINE_bool(
+    'multihost', False, 'Join the other hosts of a Cloud TPU VM slice or a SLURM job, found by '
+    'jax.distributed.initialize() itself.')
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', '', 'HOST:PORT of process 0, for an explicit multi-process start.')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', 1, 'Processes in the job (explicit start).')
+_PROCESS_ID = flags.DEFINE_integer('process_id', 0, "This process's rank (explicit start).")
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def train_and_report(config, workdir: str, write_report: bool) -> None:
+  multihost.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                       auto=_MULTIHOST.value)
   train.train_and_evaluate(config, workdir)
-  if write_report:
+  # A multi-process job's report needs every process: run cifar_jax.report after it instead.
+  if write_report and jax.process_count() == 1:
     print(report.create(workdir, 'best', config)[0])
 
 

@@ -52,11 +52,15 @@ class MetricsLog:
   TensorBoard files are written by tensorboardX, which needs no TensorFlow.
   """
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, enabled: bool = True):
+    """`enabled=False` (all processes but the first of a multi-process job) writes nothing."""
     self._path = os.path.join(workdir, 'metrics.jsonl')
-    self._tensorboard = tensorboardX.SummaryWriter(os.path.join(workdir, 'tensorboard'))
+    self._tensorboard = (tensorboardX.SummaryWriter(os.path.join(workdir, 'tensorboard'))
+                         if enabled else None)
 
   def write(self, record: dict) -> None:
+    if self._tensorboard is None:
+      return
     record = {k: _jsonable(v) for k, v in record.items()}
     with open(self._path, 'a') as f:
       f.write(json.dumps(record) + '\n')
@@ -66,7 +70,8 @@ class MetricsLog:
     self._tensorboard.flush()
 
   def close(self) -> None:
-    self._tensorboard.close()
+    if self._tensorboard is not None:
+      self._tensorboard.close()
 
 
 def summarize_eval(sums) -> dict:

@@ -1,8 +1,9 @@
 """The device mesh and where arrays live on it: all sharding decisions are here.
 
-One 1-D mesh over every device with the axis `data`. The train state is
-replicated; dataset splits are sharded by rows, so each device holds 1/n of
-every split and the whole dataset stays on the accelerators.
+One 1-D mesh over every device (of every process) with the axis `data`. The
+train state is replicated; dataset splits are sharded by rows, so each device
+holds 1/n of every split and the whole dataset stays on the accelerators. With
+several processes, each process holds the rows of its own devices only.
 """
 import jax
 import numpy as np
@@ -33,5 +34,10 @@ def pad_rows(array: np.ndarray, multiple: int) -> np.ndarray:
 
 
 def shard_rows(array: np.ndarray, mesh) -> jax.Array:
-  """Places a host array on the mesh split by rows (padded to divide evenly)."""
-  return jax.device_put(pad_rows(array, mesh.size), row_sharded(mesh))
+  """Places a host array on the mesh split by rows (padded to divide evenly).
+
+  Every process passes the same whole array and copies to its devices only the rows they
+  hold, whatever order the mesh puts the devices in.
+  """
+  array = pad_rows(array, mesh.size)
+  return jax.make_array_from_callback(array.shape, row_sharded(mesh), lambda index: array[index])

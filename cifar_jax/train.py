@@ -17,7 +17,7 @@ import numpy as np
 import tqdm
 from jax.sharding import PartitionSpec as P
 
-from cifar_jax import augment, data, metrics, models, optim, pretrained, sharding, steps
+from cifar_jax import augment, data, metrics, models, multihost, optim, pretrained, sharding, steps
 from cifar_jax import config as config_lib
 from cifar_jax.checkpoint import Checkpoints
 from cifar_jax.errors import UserError
@@ -207,17 +207,25 @@ def restore_or_keep(checkpoints: Checkpoints, state: steps.TrainState) -> steps.
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps.TrainState:
-  """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the final state."""
-  # 1. Config, workdir, mesh.
+  """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the final state.
+
+  Raises:
+    multihost.Preempted: after saving, when SIGTERM reached any process.
+  """
+  # 1. Config, workdir, mesh. With several processes, process 0 alone writes
+  # the run's files; all of them write the checkpoints, together.
   config_lib.validate(config)
+  is_main = multihost.is_main_process()
   os.makedirs(workdir, exist_ok=True)
-  metrics.save_config(config, workdir)
+  if is_main:
+    metrics.save_config(config, workdir)
   mesh = sharding.create_mesh()
   check_divisibility(config, mesh.size)
 
   # 2. Data, on the mesh for the whole run.
   dataset, host_splits = load_host_splits(config)
-  metrics.save_classes(dataset, workdir)
+  if is_main:
+    metrics.save_classes(dataset, workdir)
   image_stats = augment.channel_stats(host_splits['train'][0])
   splits = place_splits(host_splits, dataset.num_classes, config.eval_batch_size, mesh)
   del host_splits
@@ -250,7 +258,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
   eval_fn = compile_eval_fn(config, model, mesh, splits.num_classes)
   monitor_fn = compile_monitor_fn(config, plateau)
   monitored_split = 'val' if 'val' in splits.eval_sets else 'test'
-  metrics_log = metrics.MetricsLog(workdir)
+  metrics_log = metrics.MetricsLog(workdir, enabled=is_main)
 
   # 5. Train, evaluating every `eval_every` steps and at the end.
   step = int(state.step)
@@ -261,16 +269,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
   previous = metrics.read_metrics(workdir)
   wall_start = time.perf_counter() - (previous[-1].get('wall_seconds', 0.0) if previous else 0.0)
   call_steps = steps_per_call(config)
-  progress = None
+  progress, preempted = None, False
+  preemption = multihost.PreemptionWatch(mesh)
+  preemption.start()
   try:
     while step < total_steps:
+      # All processes ask at the same step, and all stop there if any was signalled.
+      if preemption.requested():
+        if checkpoints.latest_step() != step:
+          # Not ranked as the best: it was not evaluated.
+          checkpoints.save(state, score=-np.inf)
+        preempted = True
+        break
       if state.early_stopping.should_stop(patience):
         log.info('Early stopping at step %d: no improvement in %d evaluations.', step, patience)
         break
       epoch_start = step // steps_per_epoch * steps_per_epoch
       if progress is None:
         progress = tqdm.tqdm(total=steps_per_epoch, initial=step - epoch_start, leave=False,
-                             desc=f'epoch {step // steps_per_epoch + 1}', unit='step')
+                             desc=f'epoch {step // steps_per_epoch + 1}', unit='step',
+                             disable=not is_main)
       # A call stops at the next evaluation and never crosses an epoch.
       next_eval = (step // eval_every + 1) * eval_every
       stop_step = min(step + call_steps, next_eval, epoch_start + steps_per_epoch, total_steps)
@@ -316,11 +334,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
           f'{k}={v:.4g}' for k, v in record.items() if isinstance(v, float)))
       checkpoints.save(state, score=-monitored)
   finally:
+    preemption.stop()
     if progress is not None:
       progress.close()
     checkpoints.wait()
     checkpoints.close()
     metrics_log.close()
+  if preempted:  # Raised once the checkpoint is on disk.
+    raise multihost.Preempted(f'saved step {step} in {checkpoints.directory}; the same command '
+                              'resumes from it.')
   return state
 
 
