@@ -40,12 +40,18 @@ def initialize(coordinator_address: str = '', num_processes: int = 1, process_id
     # Cross-process collectives between CPU devices go through gloo (the setting leaves GPUs
     # and TPUs alone; asking for the backend here would start it too early).
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-    jax.distributed.initialize(coordinator_address, num_processes, process_id,
-                               initialization_timeout=timeout_s)
+    job = {'coordinator_address': coordinator_address, 'num_processes': num_processes,
+           'process_id': process_id}
   elif auto:
-    jax.distributed.initialize(initialization_timeout=timeout_s)
+    job = {}  # Found by JAX from the environment.
   else:
     return
+  try:
+    jax.distributed.initialize(**job, initialization_timeout=timeout_s)
+  except (RuntimeError, ValueError) as e:  # XlaRuntimeError is a RuntimeError.
+    where = coordinator_address or 'the coordinator JAX found'
+    raise UserError(f'could not join the job through {where} within {timeout_s} s: '
+                    f'{str(e).splitlines()[0]}') from None
   log.info('Process %d of %d, %d of %d devices local.', jax.process_index(),
            jax.process_count(), jax.local_device_count(), jax.device_count())
 
