@@ -21,16 +21,15 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 def save_classes(dataset, workdir: str) -> None:
   """The class names (and CIFAR-100's superclasses) beside the config, for commands that
   predict or plot without the dataset at hand."""
-  fine_to_coarse = None
+  classes = {'class_names': list(dataset.class_names), 'coarse_class_names': None,
+             'fine_to_coarse': None}
   if dataset.coarse_class_names is not None:
-    split = dataset.train
     fine_to_coarse = np.zeros(dataset.num_classes, np.int32)
-    fine_to_coarse[split.labels] = split.coarse_labels
+    fine_to_coarse[dataset.train.labels] = dataset.train.coarse_labels
+    classes.update(coarse_class_names=list(dataset.coarse_class_names),
+                   fine_to_coarse=fine_to_coarse.tolist())
   with open(os.path.join(workdir, 'classes.json'), 'w') as f:
-    json.dump({'class_names': list(dataset.class_names),
-               'coarse_class_names': _jsonable(dataset.coarse_class_names and
-                                               list(dataset.coarse_class_names)),
-               'fine_to_coarse': _jsonable(fine_to_coarse)}, f, indent=1)
+    json.dump(classes, f, indent=1)
     f.write('\n')
 
 

@@ -14,6 +14,7 @@ import json
 import os
 import sys
 
+import jax
 import numpy as np
 from absl import app, flags
 from PIL import Image, UnidentifiedImageError
@@ -60,11 +61,6 @@ def read_image(path: str) -> np.ndarray:
   return np.asarray(image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.LANCZOS), np.uint8)
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-  exp = np.exp(logits - logits.max(-1, keepdims=True))
-  return exp / exp.sum(-1, keepdims=True)
-
-
 def predict(workdir: str, paths: list[str], which: str = 'best', top_k: int = 3) -> list[dict]:
   """One result per file: {'file', 'predictions': [{'class', 'probability'}...]} or {'file',
   'error'}, in the order given."""
@@ -79,7 +75,8 @@ def predict(workdir: str, paths: list[str], which: str = 'best', top_k: int = 3)
       results.append({'file': path, 'error': str(e)})
   trained = restore.from_workdir(workdir, which)
   names = trained.classes['class_names']
-  probabilities = softmax(trained.logits(np.stack(list(images.values())))) if images else []
+  probabilities = (np.asarray(jax.nn.softmax(trained.logits(np.stack(list(images.values())))))
+                   if images else [])
   predicted = {}
   for path, probs in zip(images, probabilities, strict=True):
     best = np.argsort(-probs)[:top_k]

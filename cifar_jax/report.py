@@ -13,6 +13,7 @@ The figures also go to TensorBoard (WORKDIR/tensorboard, the "images" tab).
 """
 import os
 
+import jax
 import numpy as np
 import tensorboardX
 from absl import app, flags
@@ -22,11 +23,6 @@ from cifar_jax import cli, metrics, plots, restore, train
 # Training images scored to find the hardest: a fixed sample, so reports are quick and repeatable.
 TRAIN_SAMPLE = 5000
 GRID_IMAGES = 32
-
-
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-  shifted = logits - logits.max(-1, keepdims=True)
-  return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
 
 
 def confusion(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
@@ -40,14 +36,14 @@ def analyse(trained: restore.Trained, host_splits: dict, split: str = 'test') ->
   """Predictions and metrics on `split`, and the highest-loss images of a training sample."""
   images, labels = host_splits[split]
   num_classes = len(trained.classes['class_names'])
-  log_probs = log_softmax(trained.logits(images))
+  log_probs = np.asarray(jax.nn.log_softmax(trained.logits(images)))
   predictions = log_probs.argmax(-1)
   losses = -log_probs[np.arange(len(labels)), labels]
   top5 = np.argsort(-log_probs, -1)[:, :5]
   matrix = confusion(labels, predictions, num_classes)
   train_images, train_labels = host_splits['train']
   sample = np.random.default_rng(0).permutation(len(train_labels))[:TRAIN_SAMPLE]
-  train_log_probs = log_softmax(trained.logits(train_images[sample]))
+  train_log_probs = np.asarray(jax.nn.log_softmax(trained.logits(train_images[sample])))
   train_losses = -train_log_probs[np.arange(len(sample)), train_labels[sample]]
   hardest = sample[np.argsort(-train_losses)[:GRID_IMAGES]]
   return {

@@ -33,8 +33,12 @@ def test_training_ends_with_a_report_of_valid_pngs(smoke_workdir):  # noqa: F811
   assert text.startswith('# resnet10 on cifar10')
   for name in FIGURES:
     assert f']({name})' in text
-  # The figures are in TensorBoard too.
-  assert any('events' in p.name for p in (smoke_workdir / 'tensorboard').iterdir())
+  # The figures are in TensorBoard too: an event file holds an image summary per figure.
+  events = [p for p in (smoke_workdir / 'tensorboard').iterdir() if 'events' in p.name]
+  assert events
+  written = b''.join(p.read_bytes() for p in events)
+  for name in FIGURES:
+    assert f'report/{name[:-4]}'.encode() in written, name
 
 
 def test_evaluate_reports_the_models_own_predictions(smoke_workdir):  # noqa: F811
