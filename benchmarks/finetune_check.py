@@ -23,8 +23,9 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from cifar_jax import metrics, train
+from cifar_jax import workdir as workdir_lib
 from cifar_jax.pretrained import resnet as resnet_layout
+from cifar_jax.training import loop
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (a ResNet).',
                                           lock_config=True)
@@ -40,8 +41,8 @@ def run(config, workdir: str, max_steps: int, init_from: str = ''):
   config = config.copy_and_resolve_references()
   config.max_steps = max_steps
   config.model.init_from = init_from
-  state = train.train_and_evaluate(config, workdir)
-  return state, metrics.read_metrics(workdir)
+  state = loop.train_and_evaluate(config, workdir)
+  return state, workdir_lib.read_metrics(workdir)
 
 
 def main(argv):

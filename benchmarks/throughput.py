@@ -20,8 +20,10 @@ from jax import lax
 from jax.sharding import PartitionSpec as P
 from ml_collections import config_flags
 
-from cifar_jax import augment, metrics, optim, sharding, train
+from cifar_jax import sharding
 from cifar_jax.sharding import DATA_AXIS
+from cifar_jax.training import setup as setup_lib
+from cifar_jax.training.metrics import CompilationCounter
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
 _STEPS = flags.DEFINE_integer('steps', 50, 'Timed train steps (after the warm-up call).')
@@ -30,11 +32,10 @@ flags.mark_flag_as_required('config')
 
 def fixed_batch_fn(config, model, optimizer, mesh, device_loop: bool):
   """Train steps on one fixed batch with no augmentation: the step without its input pipeline."""
-  no_augment = config.augment.copy_and_resolve_references()
-  no_augment.unlock()
-  no_augment.update(crop_padding=0, flip=False, cutout_size=0, randaugment_ops=0,
-                    mixup_alpha=0.0, cutmix_alpha=0.0)
-  step_fn = train.train_step_fn(config, model, optimizer, augment_config=no_augment)
+  no_augment = config.copy_and_resolve_references()
+  no_augment.augment.update(crop_padding=0, flip=False, cutout_size=0, randaugment_ops=0,
+                            mixup_alpha=0.0, cutmix_alpha=0.0)
+  step_fn = setup_lib.train_step_fn(no_augment, model, optimizer)
 
   def per_device(state, images, labels, stop_step):
     def body(state):
@@ -66,32 +67,26 @@ def main(argv):
   del argv
   absl_logging.set_verbosity(absl_logging.WARNING)
   config = _CONFIG.value
-  mesh = sharding.create_mesh()
-  dataset, host = train.load_host_splits(config)
-  splits = train.place_splits(host, dataset.num_classes, config.eval_batch_size, mesh)
-  steps_per_epoch = splits.num_train // config.batch_size
-  model = train.create_model(config, dataset.num_classes)
-  optimizer = optim.create_optimizer(config, optim.create_schedule(config, steps_per_epoch))
-  plateau = optim.create_plateau(config)
-  stats = augment.channel_stats(host['train'][0])
+  run = setup_lib.setup(config)
+  splits, mesh = run.splits, run.mesh
   # Steady-state steps must not cross an epoch boundary within one call.
-  steps = min(_STEPS.value, steps_per_epoch - 1)
-  call_steps = min(train.steps_per_call(config), steps)
+  steps = min(_STEPS.value, run.steps_per_epoch - 1)
+  call_steps = min(run.steps_per_call, steps)
 
-  train_fn = train.compile_train_fn(config, model, optimizer, mesh, splits.num_train,
-                                    steps_per_epoch)
-  state = train.create_train_state(config, model, optimizer, plateau, stats, mesh)
+  state = run.new_state()
   begin = time.perf_counter()
-  state, _ = train_fn(state, splits.train_images, splits.train_labels, jnp.int32(1))
+  state, _ = run.train_fn(state, splits.train_images, splits.train_labels, jnp.int32(1))
   jax.block_until_ready(state)
   first_call = time.perf_counter() - begin
-  with metrics.CompilationCounter() as compilations:
-    step_seconds, state = timed(train_fn, state, splits.train_images, splits.train_labels,
+  with CompilationCounter() as compilations:
+    step_seconds, state = timed(run.train_fn, state, splits.train_images, splits.train_labels,
                                 steps=steps, steps_per_call=call_steps)
 
-  fixed_fn = fixed_batch_fn(config, model, optimizer, mesh, device_loop=call_steps > 1)
-  batch = [sharding.shard_rows(a[:config.batch_size], mesh) for a in host['train']]
-  fixed_state = train.create_train_state(config, model, optimizer, plateau, stats, mesh)
+  fixed_fn = fixed_batch_fn(config, run.model, run.optimizer, mesh, device_loop=call_steps > 1)
+  # The first rows on the mesh (the training split's first rows) as one fixed batch.
+  batch = [sharding.shard_rows(jax.device_get(a)[:config.batch_size], mesh)
+           for a in (splits.train_images, splits.train_labels)]
+  fixed_state = run.new_state()
   fixed_state = fixed_fn(fixed_state, *batch, jnp.int32(1))
   fixed_seconds, _ = timed(fixed_fn, fixed_state, *batch, steps=steps, steps_per_call=call_steps)
 

@@ -7,8 +7,8 @@ from absl import flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from cifar_jax import metrics, multihost
-from cifar_jax.errors import UserError
+from cifar_jax import workdir as workdir_lib
+from cifar_jax.errors import Preempted, UserError
 
 
 def run_reporting_user_errors(fn, *args):
@@ -23,7 +23,7 @@ def run_reporting_user_errors(fn, *args):
     sys.exit(f'error: {e}')
   except KeyboardInterrupt:
     sys.exit('interrupted: the same command resumes from the latest checkpoint.')
-  except multihost.Preempted as e:
+  except Preempted as e:
     print(f'preempted: {e}', file=sys.stderr)
     sys.exit(0)  # A clean stop: the checkpoint is complete.
 
@@ -74,7 +74,7 @@ def workdir_config_flag(workdir_flag):
     if not os.path.exists(path):
       sys.exit(f'error: {path} not found: --workdir must name a workdir written by '
                '`python -m cifar_jax.main`.')
-    config_flags.DEFINE_config_dict('config', metrics.load_config(workdir_flag.value),
+    config_flags.DEFINE_config_dict('config', workdir_lib.load_config(workdir_flag.value),
                                     lock_config=True)
 
   return define

@@ -14,8 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from cifar_jax import cli, metrics, models, plots, train
+from cifar_jax import cli, models
+from cifar_jax import workdir as workdir_lib
 from cifar_jax.errors import UserError
+from cifar_jax.results import plots
 
 _OUT = flags.DEFINE_string('out', 'compare', 'Folder for runs.md, runs.csv and accuracy.png.')
 
@@ -26,7 +28,7 @@ COLUMNS = ('run', 'model', 'dataset', 'parameters', 'epochs', 'status', 'wall_ti
 
 def count_parameters(config, num_classes: int) -> int:
   """Parameters of the run's model, from shapes alone (nothing is computed)."""
-  model = train.create_model(config, num_classes)
+  model = models.from_config(config.model, num_classes)
   size = config.model.input_size
   shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
                                              jnp.zeros((1, size, size, 3)), train=False))
@@ -61,10 +63,10 @@ def summarize(workdir: str) -> dict:
   if not os.path.exists(os.path.join(workdir, 'config.json')):
     raise UserError(f'{workdir} holds no config.json: is it a workdir written by '
                     '`python -m cifar_jax.main`?')
-  config = metrics.load_config(workdir)
-  records = metrics.read_metrics(workdir)
+  config = workdir_lib.load_config(workdir)
+  records = workdir_lib.read_metrics(workdir)
   # A run writes classes.json as it starts; the dataset's name tells as much before that.
-  num_classes = (len(metrics.load_classes(workdir)['class_names'])
+  num_classes = (len(workdir_lib.load_classes(workdir)['class_names'])
                  if os.path.exists(os.path.join(workdir, 'classes.json'))
                  else {'cifar10': 10, 'cifar100': 100}[config.dataset.name])
   speeds = [r['images_per_sec'] for r in records if r.get('images_per_sec')]

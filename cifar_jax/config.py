@@ -6,7 +6,7 @@ is an error instead of being silently ignored.
 """
 import ml_collections
 
-from cifar_jax.errors import UserError
+from cifar_jax.errors import UserError, check_choice
 
 MONITORS = ('accuracy', 'loss')
 SCHEDULES = ('constant', 'piecewise', 'cosine', 'onecycle')
@@ -125,6 +125,10 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+# The fields of `config.model` every model has; all others are the model family's own.
+MODEL_SETTINGS = ('name', 'init_from', 'input_size')
+
+
 def model_config(name: str, **fields) -> ml_collections.ConfigDict:
   """`config.model` for model `name`: the fields every model has, plus the family's `fields`.
 
@@ -165,17 +169,12 @@ def vit_finetune_config(model_name: str, dataset_name: str) -> ml_collections.Co
   return c
 
 
-def _check_choice(value, choices, field):
-  if value not in choices:
-    raise UserError(f'config.{field}={value!r} is not one of {", ".join(choices)}.')
-
-
 def validate(config: ml_collections.ConfigDict) -> None:
   """Rejects values no code path can use, with the field's name."""
-  _check_choice(config.monitor, MONITORS, 'monitor')
-  _check_choice(config.schedule.name, SCHEDULES, 'schedule.name')
-  _check_choice(config.hem.mode, HEM_MODES, 'hem.mode')
-  _check_choice(config.optimizer.name, OPTIMIZERS, 'optimizer.name')
+  check_choice('config.monitor', config.monitor, MONITORS)
+  check_choice('config.schedule.name', config.schedule.name, SCHEDULES)
+  check_choice('config.hem.mode', config.hem.mode, HEM_MODES)
+  check_choice('config.optimizer.name', config.optimizer.name, OPTIMIZERS)
   if not 0 <= config.label_smoothing < 1:
     raise UserError(f'config.label_smoothing must be in [0, 1), got {config.label_smoothing}.')
   if not 0 <= config.ema_decay < 1:

@@ -11,7 +11,8 @@ import json
 
 from absl import app, flags
 
-from cifar_jax import cli, report
+from cifar_jax import cli
+from cifar_jax.results import report
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A workdir written by cifar_jax.main.')
 _CHECKPOINT = flags.DEFINE_string('checkpoint', 'best', "'best', 'latest' or a step number.")

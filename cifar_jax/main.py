@@ -12,7 +12,9 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from cifar_jax import cli, multihost, report, train
+from cifar_jax import cli
+from cifar_jax.results import report
+from cifar_jax.training import loop, multihost
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (a get_config() module).',
                                           lock_config=True)
@@ -31,7 +33,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def train_and_report(config, workdir: str, write_report: bool) -> None:
   multihost.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                        auto=_MULTIHOST.value)
-  train.train_and_evaluate(config, workdir)
+  loop.train_and_evaluate(config, workdir)
   # A multi-process job's report needs every process: run cifar_jax.report after it instead.
   if write_report and jax.process_count() == 1:
     print(report.create(workdir, 'best', config)[0])

@@ -19,8 +19,9 @@ import numpy as np
 from absl import app, flags
 from PIL import Image, UnidentifiedImageError
 
-from cifar_jax import cli, restore
+from cifar_jax import cli
 from cifar_jax.errors import UserError
+from cifar_jax.results import restore
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A workdir written by cifar_jax.main.')
 _CHECKPOINT = flags.DEFINE_string('checkpoint', 'best', "'best', 'latest' or a step number.")

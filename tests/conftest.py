@@ -1,7 +1,109 @@
-"""Test set-up: JAX sees 8 CPU devices, so parallel code runs as on 8 GPUs."""
+"""Test set-up and the helpers the test modules share.
+
+JAX sees 8 CPU devices, so parallel code runs as on 8 GPUs.
+"""
+import importlib.util
 import os
+import pickle
+import subprocess
+import sys
 
 # Must happen before JAX initialises its backends.
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from jax.sharding import Mesh  # noqa: E402
+
+from cifar_jax import config as config_lib  # noqa: E402
+from cifar_jax import data, sharding  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG_DIR = os.path.join(REPO, 'configs')
+
+
+def tiny_config(**overrides):
+  """A small ResNet on synthetic CIFAR-10: 256 training images, batch 32 (8 steps an epoch)."""
+  config = config_lib.base_config()
+  config.dataset.name = 'cifar10'
+  config.dataset.source = 'synthetic'
+  config.dataset.synthetic_train_size = 256
+  config.dataset.synthetic_test_size = 100
+  config.model.name = 'resnet10'
+  config.model.width = 4
+  config.batch_size = 32
+  config.eval_batch_size = 64
+  config.num_epochs = 2
+  config.steps_per_call = 3
+  config.schedule.name = 'constant'
+  config.optimizer.learning_rate = 0.05
+  config.update_from_flattened_dict(overrides)
+  return config
+
+
+def random_images(n, size=32, seed=0):
+  """uint8 [n, size, size, 3] uniform random images."""
+  return np.random.default_rng(seed).integers(0, 256, size=(n, size, size, 3), dtype=np.uint8)
+
+
+def mesh_of(num_devices):
+  """A 1-D `data` mesh over the first `num_devices` devices."""
+  return Mesh(np.array(jax.devices()[:num_devices]), (sharding.DATA_AXIS,))
+
+
+def assert_trees_close(a, b, rtol=1e-4, atol=1e-5):
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y),
+                                                       rtol=rtol, atol=atol), a, b)
+
+
+def load_config_file(path):
+  """`get_config()` of a config file."""
+  spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def run_command(module, *flags, **kwargs):
+  """Runs `python -m module flags...` from the repository as a user would."""
+  return subprocess.run([sys.executable, '-m', module, *flags], cwd=REPO, capture_output=True,
+                        text=True, timeout=600, **kwargs)
+
+
+def write_official_cifar100(directory):
+  """A small CIFAR-100 in the official `cifar-100-python/` layout, from synthetic images."""
+  dataset = data.load('cifar100', 'synthetic', synthetic_train_size=320, synthetic_test_size=100)
+  folder = directory / 'cifar-100-python'
+  folder.mkdir()
+  for name, split in (('train', dataset.train), ('test', dataset.test)):
+    rows = split.images.transpose(0, 3, 1, 2).reshape(len(split.labels), -1)  # 1024 R, G, B.
+    content = {'data': rows, 'fine_labels': split.labels.tolist(),
+               'coarse_labels': split.coarse_labels.tolist(),
+               'filenames': [f'{i}.png' for i in range(len(split.labels))]}
+    (folder / name).write_bytes(pickle.dumps(content, protocol=4))
+  (folder / 'meta').write_bytes(pickle.dumps(
+      {'fine_label_names': list(dataset.class_names),
+       'coarse_label_names': list(dataset.coarse_class_names)}, protocol=4))
+
+
+class WritesAFileWhenUnpickled:
+  """An object whose unpickling would run code: create the file at `marker`."""
+
+  def __init__(self, marker):
+    self.marker = marker
+
+  def __reduce__(self):
+    return open, (self.marker, 'w')
+
+
+@pytest.fixture(scope='session')
+def smoke_workdir(tmp_path_factory):
+  """A workdir trained by `python -m cifar_jax.main --config=configs/smoke.py`, shared by the
+  tests of the commands that read workdirs. Tests must not change it."""
+  workdir = tmp_path_factory.mktemp('smoke')
+  result = run_command('cifar_jax.main', '--config=configs/smoke.py', f'--workdir={workdir}')
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir

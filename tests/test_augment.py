@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cifar_jax.augment import augment, channel_stats, normalize
+from cifar_jax.augment.crop_flip import crop_flip_cutout
+from cifar_jax.augment.normalize import channel_stats, normalize
 
 
 def _keys(n, seed=0):
@@ -21,7 +22,8 @@ def _images(n, size=8, seed=0):
 
 
 def _augment(keys, images, *, crop_padding=0, flip=False, cutout_size=0):
-  fn = functools.partial(augment, crop_padding=crop_padding, flip=flip, cutout_size=cutout_size)
+  fn = functools.partial(crop_flip_cutout, crop_padding=crop_padding, flip=flip,
+                         cutout_size=cutout_size)
   return np.asarray(jax.jit(fn)(keys, images))
 
 
@@ -108,7 +110,7 @@ def test_same_key_same_result_and_split_invariance():
 
 def test_negative_sizes_rejected():
   with pytest.raises(ValueError, match='non-negative'):
-    augment(_keys(2), _images(2), crop_padding=-1, flip=False, cutout_size=0)
+    crop_flip_cutout(_keys(2), _images(2), crop_padding=-1, flip=False, cutout_size=0)
 
 
 @pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])

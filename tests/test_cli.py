@@ -1,25 +1,9 @@
 """The command-line entry points, run as a user runs them."""
 import json
 import os
-import subprocess
-import sys
 
 import pytest
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def run(module, *flags):
-  return subprocess.run([sys.executable, '-m', module, *flags], cwd=REPO, capture_output=True,
-                        text=True, timeout=600)
-
-
-@pytest.fixture(scope='module')
-def smoke_workdir(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp('smoke')
-  result = run('cifar_jax.main', '--config=configs/smoke.py', f'--workdir={workdir}')
-  assert result.returncode == 0, result.stderr[-3000:]
-  return workdir
+from conftest import run_command as run
 
 
 def test_smoke_config_trains_and_writes_its_outputs(smoke_workdir):

@@ -6,22 +6,15 @@ config's own. Fine-tuning configs, which require a pretrained file, start from a
 initialisation at an input size of at most 64 here; loading is tested in test_pretrained.py.
 """
 import glob
-import importlib.util
 import os
 
 import pytest
+from conftest import CONFIG_DIR, load_config_file
 
-from cifar_jax import metrics, train
+from cifar_jax import workdir
+from cifar_jax.training import loop
 
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
 CONFIGS = sorted(glob.glob(os.path.join(CONFIG_DIR, '*.py')))
-
-
-def load_config(path):
-  spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
 
 
 def test_every_config_is_listed():
@@ -30,14 +23,14 @@ def test_every_config_is_listed():
 
 @pytest.mark.parametrize('path', CONFIGS, ids=lambda p: os.path.basename(p)[:-3])
 def test_config_runs_two_steps_on_synthetic_data(path, tmp_path):
-  config = load_config(path)
+  config = load_config_file(path)
   config.update_from_flattened_dict({
       'dataset.source': 'synthetic', 'max_steps': 2, 'dataset.synthetic_train_size': 64,
       'dataset.synthetic_test_size': 32, 'batch_size': 16, 'eval_batch_size': 32})
   if config.model.init_from is None:
     config.model.init_from = ''
     config.model.input_size = min(config.model.input_size, 64)
-  state = train.train_and_evaluate(config, str(tmp_path))
+  state = loop.train_and_evaluate(config, str(tmp_path))
   assert int(state.step) == 2
-  (record,) = metrics.read_metrics(str(tmp_path))
+  (record,) = workdir.read_metrics(str(tmp_path))
   assert record['step'] == 2 and record['test_num_examples'] == 32

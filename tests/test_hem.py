@@ -8,7 +8,7 @@ import pytest
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from cifar_jax import hem
+from cifar_jax.training import hem
 
 SETTINGS = dict(fraction=0.25, boost=3.0, temperature=0.5)
 

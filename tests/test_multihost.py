@@ -13,10 +13,11 @@ import time
 
 import jax
 import pytest
-from test_cli import REPO
-from test_train import assert_trees_close
+from conftest import REPO, assert_trees_close, load_config_file
 
-from cifar_jax import restore, train
+from cifar_jax import sharding
+from cifar_jax.results import restore
+from cifar_jax.training import loop, multihost
 
 TIMEOUT_S = 300
 # The smoke config, shortened: 8 steps an epoch, one step per call, no report.
@@ -68,11 +69,10 @@ def finish(processes) -> list[str]:
 
 def reference_run(workdir, **overrides):
   """The same config run by this process on its 8 devices."""
-  from test_configs import load_config  # noqa: PLC0415
-  config = load_config(os.path.join(REPO, 'configs', 'smoke.py'))
+  config = load_config_file(os.path.join(REPO, 'configs', 'smoke.py'))
   config.steps_per_call = 1
   config.update_from_flattened_dict(overrides)
-  return train.train_and_evaluate(config, str(workdir))
+  return loop.train_and_evaluate(config, str(workdir))
 
 
 # gloo sums the 8 devices' gradients in another order than one process does. The difference
@@ -84,7 +84,7 @@ LOOSE = {'rtol': 1e-3, 'atol': 1e-4}
 
 def latest_params(workdir):
   trained = restore.from_workdir(str(workdir), 'latest')
-  return trained.step, jax.device_get(trained.state.params)
+  return trained.step, jax.device_get(trained.weights.params)
 
 
 def test_two_processes_of_four_devices_train_as_one_of_eight(tmp_path):
@@ -152,7 +152,6 @@ def test_process_id_out_of_range_is_one_clear_error(tmp_path):
 
 @pytest.mark.parametrize('signalled', [False, True])
 def test_a_single_process_sees_its_own_sigterm(signalled):
-  from cifar_jax import multihost, sharding  # noqa: PLC0415
   watch = multihost.PreemptionWatch(sharding.create_mesh())
   watch.start()
   try:

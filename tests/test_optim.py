@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from cifar_jax import config as config_lib
-from cifar_jax import optim
+from cifar_jax.training import optim
 
 
 def make_config(**overrides):

@@ -12,13 +12,14 @@ import ml_collections
 import numpy as np
 import pytest
 import safetensors.numpy
-from test_train import tiny_config
+from conftest import WritesAFileWhenUnpickled, tiny_config
 
 from cifar_jax import config as config_lib
-from cifar_jax import models, optim, pretrained, train
+from cifar_jax import models, pretrained
 from cifar_jax.errors import UserError
 from cifar_jax.models import vit
 from cifar_jax.pretrained import resnet as resnet_layout
+from cifar_jax.training import loop, optim
 
 TINY_VIT = functools.partial(vit.VisionTransformer, patch_size=4, hidden_size=16, num_layers=2,
                              num_heads=2, mlp_dim=32)
@@ -199,16 +200,6 @@ def test_unreadable_files_are_refused_with_the_reason(tmp_path):
     pretrained.load(str(tmp_path / 'truncated.h5'), model, *variables)
 
 
-class WritesAFileWhenUnpickled:
-  """An object whose unpickling would run code: create the file at `marker`."""
-
-  def __init__(self, marker):
-    self.marker = marker
-
-  def __reduce__(self):
-    return open, (self.marker, 'w')
-
-
 def test_an_npz_with_pickled_objects_is_refused_without_running_them(tmp_path):
   marker = tmp_path / 'ran'
   path = str(tmp_path / 'evil.npz')
@@ -299,7 +290,7 @@ def test_finetunes_from_a_loaded_checkpoint_on_8_devices(resnet18_file, tmp_path
   config.model = config_lib.model_config('resnet18', width=8, frozen_batch_stats=True,
                                          init_from=resnet18_file)
   workdir = str(tmp_path / 'run')
-  state = train.train_and_evaluate(config, workdir)
+  state = loop.train_and_evaluate(config, workdir)
   file = safetensors.numpy.load_file(resnet18_file)
   params, batch_stats = jax.device_get((state.params, state.batch_stats))
   np.testing.assert_array_equal(params['stage3_block1']['conv2']['kernel'],
@@ -309,7 +300,7 @@ def test_finetunes_from_a_loaded_checkpoint_on_8_devices(resnet18_file, tmp_path
   assert np.abs(params['head']['kernel']).max() > 0  # The head learnt from zero.
 
   config.max_steps = 4
-  state = train.train_and_evaluate(config, workdir)
+  state = loop.train_and_evaluate(config, workdir)
   assert int(state.step) == 4
   moved = jax.device_get(state.params['stage3_block1']['conv2']['kernel'])
   assert not np.array_equal(moved, file['layer3.1.conv2.weight'].transpose(2, 3, 1, 0))
@@ -324,7 +315,7 @@ def test_images_are_resized_on_the_device_to_the_model_input(monkeypatch, tmp_pa
   monkeypatch.setitem(models.MODELS, 'tiny_vit_p8', functools.partial(TINY_VIT, patch_size=8))
   config = tiny_config(**{'max_steps': 1, 'steps_per_call': 1})
   config.model = config_lib.model_config('tiny_vit_p8', input_size=64)
-  state = train.train_and_evaluate(config, str(tmp_path))
+  state = loop.train_and_evaluate(config, str(tmp_path))
   # 8x8 patches of a 64x64 image: 64 patch tokens and the class token.
   assert state.params['Transformer']['posembed_input']['pos_embedding'].shape == (1, 65, 16)
   assert int(state.step) == 1

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 import safetensors.numpy
-from test_pretrained import WritesAFileWhenUnpickled
+from conftest import WritesAFileWhenUnpickled
 
 from cifar_jax import models, pretrained
 from cifar_jax.errors import UserError

@@ -7,11 +7,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import run_command as run
+from conftest import tiny_config
 from PIL import Image
-from test_cli import run, smoke_workdir  # noqa: F401 (a fixture)
-from test_train import tiny_config
 
-from cifar_jax import augment, data, metrics, models, report, restore, train
+from cifar_jax import data, models, workdir
+from cifar_jax.augment import normalize
+from cifar_jax.results import report, restore
+from cifar_jax.training import loop
 
 # (width, height) in pixels of each figure of the smoke run (CIFAR-10: 10 classes).
 FIGURES = {
@@ -23,7 +26,7 @@ FIGURES = {
 }
 
 
-def test_training_ends_with_a_report_of_valid_pngs(smoke_workdir):  # noqa: F811
+def test_training_ends_with_a_report_of_valid_pngs(smoke_workdir):
   out = smoke_workdir / 'report'
   for name, size in FIGURES.items():
     with Image.open(out / name) as image:
@@ -41,14 +44,14 @@ def test_training_ends_with_a_report_of_valid_pngs(smoke_workdir):  # noqa: F811
     assert f'report/{name[:-4]}'.encode() in written, name
 
 
-def test_evaluate_reports_the_models_own_predictions(smoke_workdir):  # noqa: F811
+def test_evaluate_reports_the_models_own_predictions(smoke_workdir):
   result = run('cifar_jax.evaluate', f'--workdir={smoke_workdir}', '--checkpoint=latest')
   assert result.returncode == 0, result.stderr[-3000:]
   evaluated = json.loads(result.stdout)
   assert evaluated['report'].endswith('report/report.md')
   # Its numbers agree with the test accuracy the training loop logged at the same checkpoint.
   assert evaluated['test_accuracy'] == pytest.approx(
-      metrics.read_metrics(smoke_workdir)[-1]['test_accuracy'])
+      workdir.read_metrics(smoke_workdir)[-1]['test_accuracy'])
 
 
 def write_test_images(directory, count=3):
@@ -61,7 +64,7 @@ def write_test_images(directory, count=3):
   return dataset.test.images[:count]
 
 
-def test_predict_gives_the_probabilities_the_model_computes(smoke_workdir, tmp_path):  # noqa: F811
+def test_predict_gives_the_probabilities_the_model_computes(smoke_workdir, tmp_path):
   images = write_test_images(tmp_path / 'images')
   result = run('cifar_jax.predict', f'--workdir={smoke_workdir}', '--json', '--top_k=10',
                str(tmp_path / 'images'))
@@ -72,8 +75,8 @@ def test_predict_gives_the_probabilities_the_model_computes(smoke_workdir, tmp_p
 
   # The reference: the restored model applied directly, by hand.
   trained = restore.from_workdir(str(smoke_workdir))
-  state = jax.device_get(trained.state)
-  inputs = augment.normalize(images, state.image_mean, state.image_std)
+  state = jax.device_get(trained.weights)
+  inputs = normalize.normalize(images, state.image_mean, state.image_std)
   logits = trained.model.apply({'params': state.params, 'batch_stats': state.batch_stats},
                                inputs, train=False)
   expected = np.asarray(jax.nn.softmax(logits))
@@ -85,7 +88,7 @@ def test_predict_gives_the_probabilities_the_model_computes(smoke_workdir, tmp_p
     assert list(got.values()) == sorted(got.values(), reverse=True)
 
 
-def test_predict_reports_bad_files_and_still_predicts_the_others(smoke_workdir, tmp_path):  # noqa: F811
+def test_predict_reports_bad_files_and_still_predicts_the_others(smoke_workdir, tmp_path):
   (tmp_path / 'notes.txt').write_text('not an image')
   big = tmp_path / 'photo.jpg'
   Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 200, 3), np.uint8)).save(big)
@@ -119,11 +122,11 @@ def test_empty_workdirs_get_one_clear_error(tmp_path, files, args, message):
   assert 'Traceback' not in result.stderr
 
 
-def test_compare_tabulates_finished_and_interrupted_runs(smoke_workdir, tmp_path):  # noqa: F811
+def test_compare_tabulates_finished_and_interrupted_runs(smoke_workdir, tmp_path):
   # An interrupted copy: only its first evaluation was logged.
   interrupted = tmp_path / 'interrupted'
   shutil.copytree(smoke_workdir, interrupted)
-  records = metrics.read_metrics(str(smoke_workdir))
+  records = workdir.read_metrics(str(smoke_workdir))
   (interrupted / 'metrics.jsonl').write_text(json.dumps(records[0]) + '\n')
   out = tmp_path / 'table'
   result = run('cifar_jax.compare', f'--out={out}', str(smoke_workdir), str(interrupted))
@@ -151,7 +154,7 @@ def test_compare_tabulates_finished_and_interrupted_runs(smoke_workdir, tmp_path
 def test_cifar100_report_groups_the_confusion_by_superclass(tmp_path):
   config = tiny_config(**{'dataset.name': 'cifar100', 'max_steps': 2, 'steps_per_call': 1,
                           'dataset.synthetic_train_size': 400})
-  train.train_and_evaluate(config, str(tmp_path))
+  loop.train_and_evaluate(config, str(tmp_path))
   path, analysis = report.create(str(tmp_path), 'latest')
   assert analysis['confusion'].shape == (100, 100)
   with Image.open(tmp_path / 'report' / 'confusion_matrix.png') as image:

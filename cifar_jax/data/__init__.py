@@ -9,7 +9,7 @@ import os
 from cifar_jax.data import official, synthetic
 from cifar_jax.data.dataset import Dataset, Split
 from cifar_jax.data.official import OFFICIAL_URL_BASE
-from cifar_jax.errors import UserError
+from cifar_jax.errors import check_choice
 
 __all__ = [
     'DATASET_NAMES', 'OFFICIAL_URL_BASE', 'SOURCES', 'Dataset', 'Split', 'default_data_dir',
@@ -50,8 +50,8 @@ def load(name: str, source: str, data_dir: str = '', *, download: bool = True,
   Raises:
     UserError: An unknown name or source, or data that is missing or malformed.
   """
-  _check_choice('dataset', name, DATASET_NAMES)
-  _check_choice('data source', source, SOURCES)
+  check_choice('config.dataset.name', name, DATASET_NAMES)
+  check_choice('config.dataset.source', source, SOURCES)
   if source == 'synthetic':
     return synthetic.make(name, synthetic_train_size, synthetic_test_size, synthetic_seed)
   data_dir = os.path.expanduser(data_dir or default_data_dir())
@@ -61,7 +61,3 @@ def load(name: str, source: str, data_dir: str = '', *, download: bool = True,
     return tfds_source.load(name, data_dir)
   return official.load(name, data_dir, download_missing=download, url_base=url_base)
 
-
-def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
-  if value not in choices:
-    raise UserError(f'Unknown {what} {value!r}; choose one of: {", ".join(choices)}.')

@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cifar_jax.config import MODEL_SETTINGS
 from cifar_jax.errors import UserError
 from cifar_jax.models import (
     efficientnet,
@@ -99,6 +100,13 @@ def create_model(name: str, *, num_classes: int, bn_axis_name: str | None = None
       raise UserError(f'unknown model dtype {dtype!r}; choose one of: {", ".join(_DTYPES)}')
     kwargs['dtype'] = _DTYPES[dtype]
   return MODELS[name](num_classes=num_classes, bn_axis_name=bn_axis_name, **kwargs)
+
+
+def from_config(model_config, num_classes: int, *, bn_axis_name: str | None = None) -> nn.Module:
+  """The model `config.model` describes: its family's fields are all but `MODEL_SETTINGS`."""
+  fields = {k: v for k, v in model_config.items() if k not in MODEL_SETTINGS}
+  return create_model(model_config.name, num_classes=num_classes, bn_axis_name=bn_axis_name,
+                      **fields)
 
 
 def count_params(params) -> int:

@@ -1,9 +1,9 @@
 """RandAugment (Cubuk et al., 2020) as pure array functions on uint8 images.
 
 Each example applies `num_ops` operations drawn uniformly, with replacement, from the fourteen of
-the paper, all at one global magnitude in [0, 10]. As in `augment.augment`, each example has its
-own PRNG key, so its result depends only on its key and not on how the batch is split across
-devices.
+the paper, all at one global magnitude in [0, 10]. As in `crop_flip.crop_flip_cutout`, each
+example has its own PRNG key, so its result depends only on its key and not on how the batch is
+split across devices.
 
 The single-image operations below follow Pillow's `ImageOps` and `ImageEnhance`, the usual
 reference for these operations:

@@ -56,10 +56,6 @@ def initialize(coordinator_address: str = '', num_processes: int = 1, process_id
            jax.process_count(), jax.local_device_count(), jax.device_count())
 
 
-class Preempted(Exception):  # noqa: N818 (an outcome, not an error)
-  """Training stopped on SIGTERM after saving a checkpoint; the same command resumes it."""
-
-
 def is_main_process() -> bool:
   """Whether this process writes the run's files (config, metrics, TensorBoard, report)."""
   return jax.process_index() == 0

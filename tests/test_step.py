@@ -1,5 +1,5 @@
-"""Train-step options, each checked against its formula on a linear model: label smoothing,
-SAM, the weight EMA and flip test-time augmentation."""
+"""The train step and its recipes, each checked against its formula on a linear model: label
+smoothing, SAM, the weight EMA, flip test-time augmentation; and the data order of an epoch."""
 import functools
 
 import flax.linen as nn
@@ -13,7 +13,8 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from cifar_jax import config as config_lib
-from cifar_jax import optim, steps
+from cifar_jax.training import evaluation, optim, step
+from cifar_jax.training import state as state_lib
 
 NUM_CLASSES = 4
 
@@ -41,8 +42,8 @@ def setup(ema=False):
   model = Linear()
   optimizer = optax.sgd(1.0)  # Update = -gradient, so the gradient can be read off.
   plateau = optim.create_plateau(config_lib.base_config())
-  state = steps.init_train_state(jax.random.PRNGKey(0), model, optimizer, plateau,
-                                 image_mean=np.zeros(3), image_std=np.ones(3), ema=ema)
+  state = state_lib.init_train_state(jax.random.PRNGKey(0), model, optimizer, plateau,
+                                     image_mean=np.zeros(3), image_std=np.ones(3), ema=ema)
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
   labels = rng.integers(0, NUM_CLASSES, 8).astype(np.int32)
@@ -50,7 +51,7 @@ def setup(ema=False):
 
 
 def run_step(model, optimizer, state, images, labels, **options):
-  fn = functools.partial(steps.train_step, model=model, optimizer=optimizer,
+  fn = functools.partial(step.train_step, model=model, optimizer=optimizer,
                          augment_config=NO_AUGMENT, hem_config=NO_HEM, **options)
   mesh = Mesh(np.array(jax.devices()[:1]), ('data',))
   mapped = jax.shard_map(fn, mesh=mesh, in_specs=(P(), P('data'), P('data'), P()),
@@ -103,8 +104,17 @@ def test_ema_follows_its_formula():
 
 def test_flip_tta_averages_the_logits_of_the_image_and_its_mirror():
   model, _, state, images, _ = setup()
-  plain = steps.predict(state, images, model=model)
-  mirrored = steps.predict(state, images[:, :, ::-1], model=model)
-  tta = steps.predict(state, images, model=model, flip_tta=True)
+  plain = evaluation.predict(state, images, model=model)
+  mirrored = evaluation.predict(state, images[:, :, ::-1], model=model)
+  tta = evaluation.predict(state, images, model=model, flip_tta=True)
   np.testing.assert_allclose(tta, (plain + mirrored) / 2, rtol=1e-5, atol=1e-6)
   assert not np.allclose(tta, plain)
+
+
+def test_an_epoch_visits_distinct_examples_and_epochs_differ():
+  permutation = jax.random.permutation(jax.random.PRNGKey(0), 100)
+  epoch = [np.asarray(step.batch_indices(permutation, i, batch_size=32, steps_per_epoch=3))
+           for i in range(3)]
+  assert len(set(np.concatenate(epoch))) == 96  # Three whole batches; 4 rows skipped.
+  next_epoch_first = step.batch_indices(permutation, 3, batch_size=32, steps_per_epoch=3)
+  np.testing.assert_array_equal(next_epoch_first, epoch[0])  # Same permutation, same slice.

@@ -1,13 +1,13 @@
-"""Mixup, CutMix and label smoothing: batch-level recipes that blend examples and their targets.
+"""Mixup and CutMix: batch-level recipes that blend examples and their targets.
 
 The functions run on device inside the per-device train step, after the per-example augmentation
-and before normalisation. Each example is paired with another from the same local batch, so unlike
-`augment.augment` the result depends on how the global batch is split across devices; giving each
-device its own key (e.g. folded with its axis index) also gives each device its own mixing
-coefficient, as when every host draws its own.
+and before normalisation. Each example is paired with another from the same local batch, so
+unlike `crop_flip.crop_flip_cutout` the result depends on how the global batch is split across
+devices; giving each device its own key (e.g. folded with its axis index) also gives each device
+its own mixing coefficient, as when every host draws its own.
 
 Images that come out of `mixup` and `mix` are float32 in [0, 255] units: a blend of two uint8
-pixels is generally not an integer. `augment.normalize` casts its input to float32 before scaling,
+pixels is generally not an integer. `normalize.normalize` casts its input to float32 before scaling,
 so it accepts them unchanged. Targets are float32 [B, num_classes] probability vectors, for
 `optax.softmax_cross_entropy` in place of the integer-label loss.
 """
@@ -144,8 +144,8 @@ def mix(key, images, labels, *, mixup_alpha: float, cutmix_alpha: float, switch_
     num_classes: Number of classes.
 
   Returns:
-    (images, targets): float32 [B, H, W, C] in [0, 255] units, for `augment.normalize`, and float32
-    [B, num_classes]. With both alphas 0, the images unchanged but cast and one-hot targets.
+    (images, targets): float32 [B, H, W, C] in [0, 255] units, for `normalize.normalize`, and
+    float32 [B, num_classes]. With both alphas 0, the images unchanged but cast and one-hot targets.
   """
   if mixup_alpha < 0 or cutmix_alpha < 0:
     raise ValueError(f'mixup_alpha ({mixup_alpha}) and cutmix_alpha ({cutmix_alpha}) must be '

@@ -5,6 +5,8 @@ interrupted save never leaves a checkpoint that looks complete. Restoring takes
 the shardings from the state it restores into, so a checkpoint written on N
 devices restores on M.
 """
+import contextlib
+import logging
 import os
 
 import jax
@@ -29,8 +31,12 @@ class Checkpoints:
         ]),
         # Also makes orbax store each checkpoint's metrics and rank by them.
         best_fn=lambda m: m[SCORE], best_mode='max',
-        read_only=read_only, create=not read_only)
-    self._manager = ocp.CheckpointManager(self.directory, options=options)
+        read_only=read_only, create=not read_only,
+        # Read-only, nothing is ever saved (orbax warns unless this says so).
+        save_interval_steps=0 if read_only else 1)
+    with _without_read_only_notice():
+      self._manager = ocp.CheckpointManager(
+          self.directory, item_handlers=ocp.StandardCheckpointHandler(), options=options)
 
   def save(self, state, score: float) -> None:
     """Starts saving `state` under its step; writing finishes in the background."""
@@ -57,9 +63,32 @@ class Checkpoints:
           f'checkpoint {step} in {self.directory} does not match the model and optimiser '
           f'the config describes ({e}). Was it written with another config?') from e
 
+  def restore_as_saved(self, step: int, sharding: jax.sharding.Sharding) -> dict:
+    """The checkpoint at `step` as saved (a dict of the state's fields), every array placed
+    with `sharding`: no model or optimiser is needed to restore it."""
+    tree = self._manager.item_metadata(step).tree
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
+                            tree)
+    return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
   def wait(self) -> None:
     """Blocks until background writes are on disk."""
     self._manager.wait_until_finished()
 
   def close(self) -> None:
     self._manager.close()
+
+
+@contextlib.contextmanager
+def _without_read_only_notice():
+  """Drops orbax's warning that a directory opened read-only is read-only: it is on purpose."""
+
+  def keep(record):
+    return not record.getMessage().startswith('Given directory is read only')
+
+  logger = logging.getLogger('absl')
+  logger.addFilter(keep)
+  try:
+    yield
+  finally:
+    logger.removeFilter(keep)

@@ -1,0 +1,65 @@
+"""The input half of the train step: a batch of uint8 images -> the model's inputs and targets.
+
+Per-device code, inside the compiled step. In order: crop, flip and cutout; RandAugment; mixup
+or CutMix; label smoothing; normalisation; resizing to the model's input size. Each piece draws
+from its own named stream of the step's key (`cifar_jax.rng`). A new augmentation is a function
+in its own module, a call here and its fields in `config.augment`.
+"""
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+
+from cifar_jax import rng
+from cifar_jax.augment import crop_flip, mixing, normalize, randaugment
+from cifar_jax.sharding import DATA_AXIS
+
+
+def example_keys(key, local_batch_size: int):
+  """One PRNG key per example, from its position in the global batch.
+
+  So an example's augmentation depends only on the global batch, not on the number of devices.
+  """
+  first = lax.axis_index(DATA_AXIS) * local_batch_size
+  return jax.vmap(lambda i: jax.random.fold_in(key, i))(first + jnp.arange(local_batch_size))
+
+
+def train_inputs(step_key, images, labels, *, augment_config, label_smoothing: float,
+                 num_classes: int, image_mean, image_std, input_size: int):
+  """This device's share of a training batch, augmented, as (inputs, targets).
+
+  Args:
+    step_key: The train step's key; the streams used here are named under it.
+    images, labels: uint8 [B, 32, 32, 3] and int32 [B], this device's share of the batch.
+    augment_config: `config.augment`.
+    label_smoothing: Share of each target spread evenly over all classes.
+    num_classes: Length of the target vectors.
+    image_mean, image_std: Per-channel statistics in [0, 1] units (the train state's).
+    input_size: Side of the model's square inputs.
+
+  Returns:
+    float32 inputs [B, input_size, input_size, 3] in standard units, and float32 target
+    probabilities [B, num_classes].
+  """
+  a = augment_config
+  batch = images.shape[0]
+  images = crop_flip.crop_flip_cutout(
+      example_keys(rng.stream(step_key, 'crop_flip'), batch), images,
+      crop_padding=a.crop_padding, flip=a.flip, cutout_size=a.cutout_size)
+  if a.randaugment_ops:
+    images = randaugment.randaugment(
+        example_keys(rng.stream(step_key, 'randaugment'), batch), images,
+        num_ops=a.randaugment_ops, magnitude=a.randaugment_magnitude)
+  # Mixing pairs the examples of this device's share, and each device draws its own weight:
+  # unlike the rest, it depends on how the batch is split across devices.
+  mix_key = jax.random.fold_in(rng.stream(step_key, 'mixing'), lax.axis_index(DATA_AXIS))
+  images, targets = mixing.mix(
+      mix_key, images, labels, mixup_alpha=a.mixup_alpha, cutmix_alpha=a.cutmix_alpha,
+      switch_prob=a.mix_switch_prob, num_classes=num_classes)
+  targets = optax.smooth_labels(targets, label_smoothing)
+  return eval_inputs(images, image_mean, image_std, input_size), targets
+
+
+def eval_inputs(images, image_mean, image_std, input_size: int):
+  """uint8 (or [0, 255] float) images -> the model's normalised, resized float32 inputs."""
+  return normalize.resize(normalize.normalize(images, image_mean, image_std), input_size)

@@ -1,0 +1,63 @@
+"""Normalisation and resizing of images for the model, and the channel statistics they use."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Images per chunk in `channel_stats`: 1024 CIFAR images are 25 MB as float64.
+_STATS_CHUNK = 1024
+
+
+def normalize(images, mean, std, dtype=jnp.float32):
+  """Maps [B, H, W, C] images in [0, 255] units (uint8, or float after mixup) to standard units.
+
+  Args:
+    images: uint8 or float [B, H, W, C] in [0, 255] units.
+    mean: Per-channel mean [C], in [0, 1] units.
+    std: Per-channel standard deviation [C], in [0, 1] units.
+    dtype: Output dtype; the arithmetic is done in float32 first.
+
+  Returns:
+    (images / 255 - mean) / std in `dtype`.
+  """
+  mean = jnp.asarray(mean, jnp.float32)
+  std = jnp.asarray(std, jnp.float32)
+  return ((images.astype(jnp.float32) / 255.0 - mean) / std).astype(dtype)
+
+
+def resize(images, size: int):
+  """Bilinearly resizes float [B, H, W, C] images to [B, size, size, C] (a no-op at that size).
+
+  Feeds 32x32 CIFAR images to a model pretrained at a higher resolution, such as 224 or 384.
+  """
+  if images.shape[1:3] == (size, size):
+    return images
+  return jax.image.resize(images, (images.shape[0], size, size, images.shape[3]), 'bilinear')
+
+
+def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Per-channel mean and (population) standard deviation of uint8 NHWC images.
+
+  Sums are accumulated in float64 over chunks of images, so a whole training set is never copied
+  to floating point at once. The sums of uint8 values and of their squares are integers that
+  float64 holds exactly for up to ~10^11 pixels per channel.
+
+  Args:
+    images: uint8 [N, H, W, C] on the host, N > 0.
+
+  Returns:
+    (mean, std), each float32 [C] in [0, 1] units.
+  """
+  if images.ndim != 4 or len(images) == 0:
+    raise ValueError(f'expected a non-empty [N, H, W, C] array, got shape {images.shape}')
+  channels = images.shape[-1]
+  total = np.zeros(channels, np.float64)
+  total_sq = np.zeros(channels, np.float64)
+  for start in range(0, len(images), _STATS_CHUNK):
+    chunk = images[start:start + _STATS_CHUNK].reshape(-1, channels).astype(np.float64)
+    total += chunk.sum(axis=0)
+    total_sq += np.square(chunk).sum(axis=0)
+  count = images.size // channels
+  mean = total / count
+  var = np.maximum(total_sq / count - np.square(mean), 0.0)
+  return (mean / 255).astype(np.float32), (np.sqrt(var) / 255).astype(np.float32)

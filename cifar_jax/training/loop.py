@@ -1,0 +1,166 @@
+"""The training loop: `train_and_evaluate(config, workdir)` reads top to bottom.
+
+It builds the run (`setup.py`), resumes from the workdir's latest checkpoint, and calls the
+compiled train function until the end, evaluating, logging, checkpointing and adjusting the
+learning rate on plateaus as it goes.
+"""
+import logging
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tqdm
+
+from cifar_jax import sharding
+from cifar_jax import workdir as workdir_lib
+from cifar_jax.errors import Preempted, UserError
+from cifar_jax.training import evaluation, multihost, optim
+from cifar_jax.training import setup as setup_lib
+from cifar_jax.training.checkpoint import Checkpoints
+from cifar_jax.training.metrics import TrainMeter
+from cifar_jax.training.state import TrainState
+
+log = logging.getLogger(__name__)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+  """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the final state.
+
+  Raises:
+    errors.Preempted: after saving, when SIGTERM reached any process.
+  """
+  # 1. The run: config checked, data on the mesh, model, optimiser, compiled functions. With
+  # several processes, process 0 alone writes the run's files; all of them write the
+  # checkpoints, together.
+  run = setup_lib.setup(config, sharding.create_mesh())
+  is_main = multihost.is_main_process()
+  os.makedirs(workdir, exist_ok=True)
+  if is_main:
+    workdir_lib.save_config(config, workdir)
+    workdir_lib.save_classes(run.dataset, workdir)
+
+  # 2. The state. The resume order: build a fresh state (its structure and shardings), fill
+  # in pretrained weights when a new run starts from them, then overwrite it from the latest
+  # checkpoint if there is one: parameters, optimiser, plateau and early-stopping state, step
+  # and RNG. The data order and augmentation derive from (rng, step), so they resume too.
+  state = run.new_state()
+  checkpoints = Checkpoints(workdir, config.checkpoint.keep_latest)
+  if config.model.init_from and checkpoints.latest_step() is None:
+    state = run.load_pretrained(state)
+  state = restore_or_keep(checkpoints, state)
+
+  # 3. Train, evaluating every `eval_every` steps and at the end.
+  splits, steps_per_epoch = run.splits, run.steps_per_epoch
+  monitored_split = 'val' if 'val' in splits.eval_sets else 'test'
+  metrics_log = workdir_lib.MetricsLog(workdir, enabled=is_main)
+  step = int(state.step)
+  patience = config.early_stopping.patience if config.early_stopping.enabled else np.inf
+  meter = TrainMeter()
+  # Wall time carries on across resumes from the last record (the time between
+  # that record and an interruption is not counted).
+  previous = workdir_lib.read_metrics(workdir)
+  wall_start = time.perf_counter() - (previous[-1].get('wall_seconds', 0.0) if previous else 0.0)
+  # The bar redraws itself in a terminal only: a redirected log gets the evaluation lines.
+  show_progress = is_main and sys.stderr.isatty()
+  progress, preempted = None, False
+  preemption = multihost.PreemptionWatch(run.mesh)
+  preemption.start()
+  try:
+    while step < run.total_steps:
+      # All processes ask at the same step, and all stop there if any was signalled.
+      if preemption.requested():
+        if checkpoints.latest_step() != step:
+          # Not ranked as the best: it was not evaluated.
+          checkpoints.save(state, score=-np.inf)
+        preempted = True
+        break
+      if state.early_stopping.should_stop(patience):
+        log.info('Early stopping at step %d: no improvement in %d evaluations.', step, patience)
+        break
+      epoch_start = step // steps_per_epoch * steps_per_epoch
+      if progress is None:
+        progress = tqdm.tqdm(total=steps_per_epoch, initial=step - epoch_start, leave=False,
+                             desc=f'epoch {step // steps_per_epoch + 1}', unit='step',
+                             disable=not show_progress)
+      # A call stops at the next evaluation and never crosses an epoch.
+      next_eval = (step // run.eval_every + 1) * run.eval_every
+      stop_step = min(step + run.steps_per_call, next_eval, epoch_start + steps_per_epoch,
+                      run.total_steps)
+      start_time = time.perf_counter()
+      state, totals = run.train_fn(state, splits.train_images, splits.train_labels,
+                                   jnp.asarray(stop_step, jnp.int32))
+      totals = jax.device_get(totals)  # Waits for the call: a few scalars, once per call.
+      seconds = time.perf_counter() - start_time
+      check_finite(totals, step, stop_step, checkpoints)
+      meter.add(totals, seconds)
+      progress.update(stop_step - step)
+      step = stop_step
+      learning_rate = float(run.schedule(step - 1) * state.plateau.scale)
+      progress.set_postfix(loss=f'{totals["loss_sum"] / totals["count"]:.3f}',
+                           acc=f'{totals["correct"] / totals["count"]:.3f}',
+                           lr=f'{learning_rate:.3g}', img_s=f'{totals["count"] / seconds:.0f}')
+      if step % steps_per_epoch == 0 or step == run.total_steps:
+        progress.close()
+        progress = None
+      if step % run.eval_every and step != run.total_steps:
+        continue
+
+      # Evaluate, feed the monitors, log, checkpoint.
+      results = {name: evaluation.summarize_eval(run.eval_fn(state, *arrays))
+                 for name, arrays in splits.eval_sets.items()}
+      if config.ema_decay:
+        ema_state = state.replace(params=state.ema_params)
+        results.update({f'ema_{name}': evaluation.summarize_eval(run.eval_fn(ema_state, *arrays))
+                        for name, arrays in splits.eval_sets.items()})
+      monitored = optim.monitor_loss(results[monitored_split], config.monitor)
+      # Only scheduled evaluations count towards plateau and early stopping, so
+      # stopping early (max_steps) and resuming changes nothing.
+      if step % run.eval_every == 0:
+        state = run.monitor_fn(state, jnp.asarray(monitored, jnp.float32))
+      record = {'step': step, 'epoch': step / steps_per_epoch, 'learning_rate': learning_rate,
+                'plateau_scale': float(state.plateau.scale),
+                'wall_seconds': time.perf_counter() - wall_start,
+                **meter.summary(config.batch_size, with_hem=config.hem.mode != 'off')}
+      for name, result in results.items():
+        record.update({f'{name}_{k}': v for k, v in result.items() if k != 'per_class_accuracy'})
+      metrics_log.write(record)
+      log.info('step %d: %s', step, ', '.join(
+          f'{k}={v:.4g}' for k, v in record.items() if isinstance(v, float)))
+      checkpoints.save(state, score=-monitored)
+  finally:
+    preemption.stop()
+    if progress is not None:
+      progress.close()
+    checkpoints.wait()
+    checkpoints.close()
+    metrics_log.close()
+  if preempted:  # Raised once the checkpoint is on disk.
+    raise Preempted(f'saved step {step} in {checkpoints.directory}; the same command '
+                              'resumes from it.')
+  return state
+
+
+def restore_or_keep(checkpoints: Checkpoints, state: TrainState) -> TrainState:
+  """The latest checkpoint in the workdir if there is one, else `state`."""
+  step = checkpoints.latest_step()
+  if step is None:
+    return state
+  log.info('Resuming from the checkpoint at step %d in %s.', step, checkpoints.directory)
+  return checkpoints.restore(state, step)
+
+
+def check_finite(totals: dict, first_step: int, stop_step: int, checkpoints: Checkpoints) -> None:
+  """Stops a diverged run before it saves anything, so the last good checkpoint stays."""
+  if np.isfinite(totals['loss_sum']):
+    return
+  latest = checkpoints.latest_step()
+  kept = (f'the last good checkpoint (step {latest}) is kept in {checkpoints.directory}'
+          if latest is not None else 'no checkpoint had been saved yet')
+  raise UserError(
+      f'the training loss became {totals["loss_sum"]} between steps {first_step} and '
+      f'{stop_step}; stopped without saving, so {kept}. '
+      'Try a lower config.optimizer.learning_rate or a warm-up.')

@@ -1,0 +1,207 @@
+"""A run built once from its config: data on the mesh, model, optimiser, state, compiled steps.
+
+`setup(config, mesh)` is the one place this sequence is written; the training loop, the tests
+and the benchmarks all start from the `Run` it returns.
+"""
+import dataclasses
+import functools
+import logging
+
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import PartitionSpec as P
+
+from cifar_jax import config as config_lib
+from cifar_jax import models, pretrained, sharding
+from cifar_jax.augment import normalize
+from cifar_jax.data import splits as splits_lib
+from cifar_jax.errors import UserError
+from cifar_jax.sharding import DATA_AXIS
+from cifar_jax.training import evaluation, optim
+from cifar_jax.training import state as state_lib
+from cifar_jax.training import step as step_lib
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Splits:
+  """The dataset on the mesh: row-sharded images (uint8) and labels (int32)."""
+  train_images: jax.Array
+  train_labels: jax.Array
+  num_train: int  # Real rows; the arrays may carry padding rows after them.
+  eval_sets: dict  # Split name ('test', 'val') -> (images, labels, mask), padded.
+  num_classes: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """Everything a training run uses, built once by `setup`.
+
+  `train_fn(state, images, labels, stop_step) -> (state, metric sums)` takes steps until
+  `stop_step` (never across an epoch); `eval_fn(state, images, labels, mask) -> sums` evaluates
+  a whole split; `monitor_fn(state, loss) -> state` feeds plateau and early stopping. Each is
+  compiled once, at its first call.
+  """
+  config: ml_collections.ConfigDict
+  mesh: jax.sharding.Mesh
+  dataset: object  # The `data.Dataset` (class names; its arrays are on the mesh in `splits`).
+  splits: Splits
+  image_stats: tuple  # Per-channel (mean, std) of the training split, in [0, 1] units.
+  model: object
+  schedule: object
+  optimizer: object
+  plateau: object
+  steps_per_epoch: int
+  total_steps: int
+  eval_every: int  # Train steps between evaluations.
+  steps_per_call: int
+  train_fn: object
+  eval_fn: object
+  monitor_fn: object
+
+  def new_state(self) -> state_lib.TrainState:
+    """A fresh train state on the mesh (replicated), from `config.seed`."""
+    return _create_train_state(self.config, self.model, self.optimizer, self.plateau,
+                               self.image_stats, self.mesh)
+
+  def load_pretrained(self, state: state_lib.TrainState) -> state_lib.TrainState:
+    """`state` with the weights of `config.model.init_from` and a fresh optimiser state."""
+    config = self.config
+    params, batch_stats, notes = pretrained.load(
+        config.model.init_from, self.model, jax.device_get(state.params),
+        jax.device_get(state.batch_stats))
+    log.info('Initialised from %s.', config.model.init_from)
+    for note in notes:
+      log.info('  %s', note)
+
+    def restart(state, params, batch_stats):
+      return state.replace(params=params, batch_stats=batch_stats,
+                           opt_state=self.optimizer.init(params),
+                           ema_params=params if config.ema_decay else {})
+
+    return jax.jit(restart, out_shardings=sharding.replicated(self.mesh))(
+        state, params, batch_stats)
+
+
+def setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None) -> Run:
+  """Validates `config`, puts its data on `mesh` (default: every device) and builds the run."""
+  config_lib.validate(config)
+  mesh = mesh or sharding.create_mesh()
+  for field in ('batch_size', 'eval_batch_size'):
+    if config[field] % mesh.size:
+      raise UserError(f'config.{field}={config[field]} must divide evenly across the '
+                      f'{mesh.size} devices; pick a multiple of {mesh.size}.')
+
+  # Data, on the mesh for the whole run.
+  dataset, host_splits = splits_lib.load_splits(config)
+  image_stats = normalize.channel_stats(host_splits['train'][0])
+  splits = place_splits(host_splits, dataset.num_classes, config.eval_batch_size, mesh)
+  del host_splits
+  steps_per_epoch = splits.num_train // config.batch_size
+  if steps_per_epoch == 0:
+    raise UserError(f'config.batch_size={config.batch_size} is larger than the '
+                    f'{splits.num_train} training examples.')
+  total_steps = optim.epochs_to_steps(config.num_epochs, steps_per_epoch)
+  if config.max_steps:
+    total_steps = min(total_steps, config.max_steps)
+
+  # Model and optimiser.
+  model = models.from_config(config.model, splits.num_classes, bn_axis_name=DATA_AXIS)
+  schedule = optim.create_schedule(config, steps_per_epoch)
+  optimizer = optim.create_optimizer(config, schedule)
+  plateau = optim.create_plateau(config)
+  call_steps = steps_per_call(config)
+
+  return Run(
+      config=config, mesh=mesh, dataset=dataset, splits=splits, image_stats=image_stats,
+      model=model, schedule=schedule, optimizer=optimizer, plateau=plateau,
+      steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+      eval_every=max(1, optim.epochs_to_steps(config.eval_every_epochs, steps_per_epoch)),
+      steps_per_call=call_steps,
+      train_fn=compile_train_fn(config, model, optimizer, mesh, splits.num_train,
+                                steps_per_epoch, device_loop=call_steps > 1),
+      eval_fn=compile_eval_fn(config, model, mesh, splits.num_classes),
+      monitor_fn=compile_monitor_fn(config, plateau))
+
+
+def place_eval_split(images, labels, eval_batch_size: int, mesh) -> tuple:
+  """An evaluation split on the mesh as (images, labels, mask).
+
+  Padded to whole global batches with the padding masked, so every example
+  counts exactly once.
+  """
+  mask = np.ones(len(labels), bool)
+  return tuple(sharding.shard_rows(sharding.pad_rows(a, eval_batch_size), mesh)
+               for a in (images, labels, mask))
+
+
+def place_splits(host_splits: dict, num_classes: int, eval_batch_size: int, mesh) -> Splits:
+  train_images, train_labels = host_splits['train']
+  return Splits(
+      train_images=sharding.shard_rows(train_images, mesh),
+      train_labels=sharding.shard_rows(train_labels, mesh),
+      num_train=len(train_labels),
+      eval_sets={name: place_eval_split(*arrays, eval_batch_size, mesh)
+                 for name, arrays in host_splits.items() if name != 'train'},
+      num_classes=num_classes)
+
+
+def _create_train_state(config, model, optimizer, plateau, image_stats,
+                        mesh) -> state_lib.TrainState:
+  """A fresh state, created directly on the mesh (replicated)."""
+  init = functools.partial(state_lib.init_train_state, model=model, optimizer=optimizer,
+                           plateau=plateau, ema=config.ema_decay > 0,
+                           input_size=config.model.input_size)
+  return jax.jit(init, out_shardings=sharding.replicated(mesh))(
+      jax.random.PRNGKey(config.seed), image_mean=image_stats[0], image_std=image_stats[1])
+
+
+def steps_per_call(config) -> int:
+  """`config.steps_per_call`, with 0 resolved for the platform (see its comment in config.py)."""
+  if config.steps_per_call:
+    return config.steps_per_call
+  return 1 if jax.default_backend() == 'cpu' else 10
+
+
+def train_step_fn(config, model, optimizer):
+  """`step.train_step` with everything but its arrays bound from the config."""
+  return functools.partial(
+      step_lib.train_step, model=model, optimizer=optimizer, augment_config=config.augment,
+      hem_config=config.hem, label_smoothing=config.label_smoothing,
+      sam_rho=config.optimizer.sam_rho, ema_decay=config.ema_decay,
+      input_size=config.model.input_size)
+
+
+def compile_train_fn(config, model, optimizer, mesh, num_train: int, steps_per_epoch: int,
+                     device_loop: bool):
+  """The jitted `(state, images, labels, stop_step) -> (state, metric sums)`."""
+  per_device = functools.partial(
+      step_lib.train_steps, num_train=num_train, batch_size=config.batch_size,
+      steps_per_epoch=steps_per_epoch, step_fn=train_step_fn(config, model, optimizer),
+      device_loop=device_loop)
+  mapped = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(DATA_AXIS), P(DATA_AXIS), P()),
+                         out_specs=(P(), P()))
+  # Donating the state lets XLA update parameters and optimiser state in place.
+  return jax.jit(mapped, donate_argnums=0)
+
+
+def compile_eval_fn(config, model, mesh, num_classes: int):
+  """The jitted `(state, images, labels, mask) -> sums` over a whole split."""
+  per_device = functools.partial(
+      evaluation.eval_step, model=model, local_batch_size=config.eval_batch_size // mesh.size,
+      num_classes=num_classes, flip_tta=config.eval_flip_tta, input_size=config.model.input_size)
+  return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), *[P(DATA_AXIS)] * 3),
+                               out_specs=P()))
+
+
+def compile_monitor_fn(config, plateau):
+  """The jitted `(state, monitored loss) -> state` that advances plateau and early stopping."""
+
+  def update(state, value):
+    _, plateau_state = plateau.update(updates={}, state=state.plateau, value=value)
+    early = state.early_stopping.update(value, config.early_stopping.min_delta)
+    return state.replace(plateau=plateau_state, early_stopping=early)
+
+  return jax.jit(update, donate_argnums=0)

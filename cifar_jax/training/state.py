@@ -1,0 +1,44 @@
+"""The train state: everything a resumed run needs, saved and restored as one pytree."""
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from cifar_jax import rng
+from cifar_jax.training import optim
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a resumed run needs, saved and restored as one pytree."""
+  step: jax.Array  # Train steps taken; also positions the data order.
+  params: Any
+  batch_stats: Any
+  opt_state: optax.OptState
+  ema_params: Any  # Moving average of `params` when `ema_decay` > 0, else {}.
+  plateau: Any  # optax's ReduceLROnPlateauState; `.scale` multiplies the rate.
+  early_stopping: optim.EarlyStoppingState
+  rng: jax.Array  # The run's key: data order and augmentation derive from it and the step.
+  # Per-channel statistics of the training split, in [0, 1] units, that inputs
+  # are normalised with; kept here so evaluation needs no training data.
+  image_mean: jax.Array
+  image_std: jax.Array
+
+
+def init_train_state(seed_key, model, optimizer, plateau, image_mean, image_std,
+                     ema: bool = False, input_size: int = 32) -> TrainState:
+  """A fresh train state (pure; jit it with output shardings to create it on the mesh)."""
+  variables = model.init(rng.stream(seed_key, 'init'),
+                         jnp.zeros((1, input_size, input_size, 3)), train=False)
+  params = variables['params']
+  return TrainState(
+      # Models without BatchNorm (ViT) have no batch statistics.
+      step=jnp.array(0, jnp.int32), params=params, batch_stats=variables.get('batch_stats', {}),
+      opt_state=optimizer.init(params), ema_params=params if ema else {},
+      # The plateau transform only needs a float dtype from its "params".
+      plateau=plateau.init(jnp.zeros((), jnp.float32)),
+      early_stopping=optim.EarlyStoppingState.create(), rng=rng.stream(seed_key, 'run'),
+      image_mean=jnp.asarray(image_mean, jnp.float32),
+      image_std=jnp.asarray(image_std, jnp.float32))

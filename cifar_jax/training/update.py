@@ -1,0 +1,80 @@
+"""The update half of the train step: inputs and targets -> a new train state (per-device code).
+
+The loss with hard-example weights, the gradient of the global batch, SAM's second pass, the
+optimiser (with the plateau's scale) and the weight EMA. New update rules belong in the
+optimiser (`optim.py`, as optax transforms), which this half applies whatever it is.
+"""
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+
+from cifar_jax import rng
+from cifar_jax.sharding import DATA_AXIS
+from cifar_jax.training import hem
+
+
+def update(state, inputs, targets, labels, step_key, *, model, optimizer, hem_config,
+           sam_rho: float = 0.0, ema_decay: float = 0.0):
+  """One optimiser step on this device's share of a global batch.
+
+  Args:
+    state: The replicated `TrainState`.
+    inputs, targets: The input half's output for this device's share.
+    labels: int32 [B], for the accuracy metric.
+    step_key: The train step's key; the streams used here are named under it.
+    model, optimizer: The flax module and the optax transformation.
+    hem_config: `config.hem`.
+    sam_rho: SAM's ascent radius; 0 is off.
+    ema_decay: Weight EMA decay per step; 0 is off.
+
+  Returns:
+    The new state and this step's metrics, summed over the global batch.
+  """
+  # Dropout and stochastic depth draw per device, like mixing.
+  dropout_key = jax.random.fold_in(rng.stream(step_key, 'dropout'), lax.axis_index(DATA_AXIS))
+
+  def loss_fn(params):
+    logits, new_variables = model.apply(
+        {'params': params, 'batch_stats': state.batch_stats}, inputs, train=True,
+        mutable=['batch_stats'], rngs={'dropout': dropout_key})
+    losses = optax.softmax_cross_entropy(logits, targets)
+    weights, hem_stats = hem.example_weights(
+        losses, mode=hem_config.mode, fraction=hem_config.fraction, boost=hem_config.boost,
+        temperature=hem_config.temperature, axis_name=DATA_AXIS)
+    batch_stats = new_variables.get('batch_stats', {})
+    return jnp.mean(weights * losses), (logits, losses, batch_stats, hem_stats)
+
+  def global_grads(params):
+    # The parameters are replicated (invariant over the data axis), and the
+    # gradient with respect to an invariant value is implicitly summed over
+    # devices. Differentiating a device-varying view instead gives each device
+    # the gradient of its own share; every device holds an equal share, so
+    # their mean is the gradient of the global batch's mean loss.
+    local_params = lax.pcast(params, DATA_AXIS, to='varying')
+    grads, aux = jax.grad(loss_fn, has_aux=True)(local_params)
+    return lax.pmean(grads, DATA_AXIS), aux
+
+  grads, (logits, losses, batch_stats, hem_stats) = global_grads(state.params)
+  if sam_rho:
+    # SAM: step to the (first-order) worst point within `sam_rho` of the
+    # parameters and descend with the gradient found there. The ascent uses the
+    # global gradient, so it does not depend on the device count; BatchNorm
+    # statistics and metrics come from the first pass.
+    scale = sam_rho / (optax.tree.norm(grads) + 1e-12)
+    grads, _ = global_grads(jax.tree.map(lambda p, g: p + scale * g, state.params, grads))
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  updates = jax.tree.map(lambda u: u * state.plateau.scale, updates)
+  params = optax.apply_updates(state.params, updates)
+  ema_params = (optax.incremental_update(params, state.ema_params, step_size=1 - ema_decay)
+                if ema_decay else state.ema_params)
+  new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                            opt_state=opt_state, ema_params=ema_params)
+  step_metrics = {
+      'loss_sum': lax.psum(jnp.sum(losses), DATA_AXIS),
+      'correct': lax.psum(jnp.sum(jnp.argmax(logits, -1) == labels), DATA_AXIS),
+      'count': lax.psum(labels.shape[0], DATA_AXIS),
+      'hem_ess_sum': hem_stats['hem_ess'],
+      'hem_weight_max': hem_stats['hem_weight_max'],
+  }
+  return new_state, step_metrics
