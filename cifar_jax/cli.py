@@ -3,7 +3,7 @@ import logging
 import os
 import sys
 
-from absl import flags
+from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
@@ -28,6 +28,9 @@ def run_reporting_user_errors(fn, *args):
     sys.exit(0)  # A clean stop: the checkpoint is complete.
 
 
+_HELP_FLAGS = {'--help', '-help', '-h', '-?', '--helpshort', '--helpfull'}
+
+
 def flags_parser(define_late_flags=None):
   """A `flags_parser` for `app.run` that reports bad flags in a line, without a traceback.
 
@@ -37,6 +40,9 @@ def flags_parser(define_late_flags=None):
   """
 
   def parse(argv):
+    if _HELP_FLAGS & set(argv[1:]):
+      # absl ends its help with status 1; asking for help is not an error.
+      app.usage(shorthelp='--helpfull' not in argv, writeto_stdout=True, exitcode=0)
     try:
       if define_late_flags:
         define_late_flags(argv)

@@ -21,7 +21,7 @@ from cifar_jax.results import plots
 
 _OUT = flags.DEFINE_string('out', 'compare', 'Folder for runs.md, runs.csv and accuracy.png.')
 
-COLUMNS = ('run', 'model', 'dataset', 'parameters', 'epochs', 'status', 'wall_time',
+COLUMNS = ('run', 'model', 'dataset', 'source', 'parameters', 'epochs', 'status', 'wall_time',
            'images_per_sec', 'best_test_accuracy', 'final_test_accuracy',
            'final_test_top5_accuracy', 'hem_mode')
 
@@ -76,6 +76,8 @@ def summarize(workdir: str) -> dict:
       'run': os.path.basename(os.path.normpath(workdir)),
       'model': config.model.name,
       'dataset': config.dataset.name,
+      # 'local' (the official archives), 'tfds' or 'synthetic' (random data, not CIFAR).
+      'source': config.dataset.source,
       'parameters': count_parameters(config, num_classes),
       'epochs': f'{last["epoch"]:g}' if records else '0',
       'status': status(config, records),

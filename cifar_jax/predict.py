@@ -1,6 +1,6 @@
 """Predicts the class of your own images with a trained workdir's model.
 
-    python -m cifar_jax.predict --workdir=DIR [--checkpoint=best] [--top_k=3] [--json] \
+    python -m cifar_jax.predict --workdir=DIR [--checkpoint=best] [--top_k=3] [--json]
         IMAGE_OR_DIR...
 
 Any image Pillow reads (PNG, JPEG, GIF, BMP, WebP, ...) of any size: it is centre-cropped to a

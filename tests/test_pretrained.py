@@ -276,7 +276,7 @@ def test_config_requires_a_weights_file_where_the_recipe_needs_one():
   config = config_lib.base_config()
   config.model.init_from = ml_collections.config_dict.placeholder(str)
   with pytest.raises(UserError, match='--config.model.init_from=PATH'):
-    config_lib.validate(config)
+    models.check_config(config.model)
 
 
 def test_finetunes_from_a_loaded_checkpoint_on_8_devices(resnet18_file, tmp_path):

@@ -12,7 +12,24 @@ from jax import lax
 
 from cifar_jax import rng
 from cifar_jax.augment import crop_flip, mixing, normalize, randaugment
+from cifar_jax.errors import UserError
 from cifar_jax.sharding import DATA_AXIS
+
+
+def check_config(augment_config, label_smoothing: float) -> None:
+  """Raises a UserError naming the first field of `config.augment` (or `label_smoothing`) that
+  no augmentation can use."""
+  a = augment_config
+  for field in ('crop_padding', 'cutout_size', 'randaugment_ops', 'mixup_alpha', 'cutmix_alpha'):
+    if a[field] < 0:
+      raise UserError(f'config.augment.{field} must be >= 0 (0 is off), got {a[field]}.')
+  if not 0 <= a.randaugment_magnitude <= 10:
+    raise UserError('config.augment.randaugment_magnitude must be in [0, 10], got '
+                    f'{a.randaugment_magnitude}.')
+  if not 0 <= a.mix_switch_prob <= 1:
+    raise UserError(f'config.augment.mix_switch_prob must be in [0, 1], got {a.mix_switch_prob}.')
+  if not 0 <= label_smoothing < 1:
+    raise UserError(f'config.label_smoothing must be in [0, 1), got {label_smoothing}.')
 
 
 def example_keys(key, local_batch_size: int):
@@ -57,9 +74,4 @@ def train_inputs(step_key, images, labels, *, augment_config, label_smoothing: f
       mix_key, images, labels, mixup_alpha=a.mixup_alpha, cutmix_alpha=a.cutmix_alpha,
       switch_prob=a.mix_switch_prob, num_classes=num_classes)
   targets = optax.smooth_labels(targets, label_smoothing)
-  return eval_inputs(images, image_mean, image_std, input_size), targets
-
-
-def eval_inputs(images, image_mean, image_std, input_size: int):
-  """uint8 (or [0, 255] float) images -> the model's normalised, resized float32 inputs."""
-  return normalize.resize(normalize.normalize(images, image_mean, image_std), input_size)
+  return normalize.model_inputs(images, image_mean, image_std, input_size), targets

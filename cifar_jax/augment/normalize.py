@@ -35,6 +35,11 @@ def resize(images, size: int):
   return jax.image.resize(images, (images.shape[0], size, size, images.shape[3]), 'bilinear')
 
 
+def model_inputs(images, mean, std, input_size: int):
+  """uint8 (or [0, 255] float) images -> the model's normalised float32 inputs at its size."""
+  return resize(normalize(images, mean, std), input_size)
+
+
 def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """Per-channel mean and (population) standard deviation of uint8 NHWC images.
 

@@ -102,8 +102,27 @@ def create_model(name: str, *, num_classes: int, bn_axis_name: str | None = None
   return MODELS[name](num_classes=num_classes, bn_axis_name=bn_axis_name, **kwargs)
 
 
+def check_config(model_config) -> None:
+  """Raises a UserError for a `config.model` that names no model this registry can build."""
+  if model_config.init_from is None:
+    raise UserError('this config fine-tunes pretrained weights: name the file with '
+                    '--config.model.init_from=PATH (the README says where to download them).')
+  if model_config.input_size < 1:
+    raise UserError(f'config.model.input_size must be positive, got {model_config.input_size}.')
+  accepted = config_fields(model_config.name)
+  for field in model_config:
+    if field not in MODEL_SETTINGS and field not in accepted:
+      raise UserError(f'model {model_config.name!r} has no config field {field!r}; '
+                      f'its fields are: {", ".join(accepted)}')
+
+
 def from_config(model_config, num_classes: int, *, bn_axis_name: str | None = None) -> nn.Module:
-  """The model `config.model` describes: its family's fields are all but `MODEL_SETTINGS`."""
+  """The model `config.model` describes: its family's fields are all but `MODEL_SETTINGS`.
+
+  Raises:
+    UserError: for an unknown model, field or value, or a missing pretrained file.
+  """
+  check_config(model_config)
   fields = {k: v for k, v in model_config.items() if k not in MODEL_SETTINGS}
   return create_model(model_config.name, num_classes=num_classes, bn_axis_name=bn_axis_name,
                       **fields)

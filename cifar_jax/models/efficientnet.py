@@ -15,18 +15,13 @@ for a 4x4 final map.
 
 import dataclasses
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from cifar_jax.models import layers
-
-ModuleDef = Callable[..., nn.Module]
-
-# He normal with fan_out, the reference initialiser for convolutions.
-_conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,8 +65,7 @@ class SqueezeExcitation(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    conv = functools.partial(nn.Conv, kernel_size=(1, 1), kernel_init=_conv_init,
-                             dtype=self.dtype, param_dtype=jnp.float32)
+    conv = layers.conv(self, kernel_size=(1, 1))
     gates = jnp.mean(x, axis=(1, 2), keepdims=True)
     gates = nn.swish(conv(self.squeeze_features, name='reduce')(gates))
     gates = nn.sigmoid(conv(x.shape[-1], name='expand')(gates))
@@ -101,8 +95,8 @@ class MBConvBlock(nn.Module):
   strides: int
   se_ratio: float
   drop_path_rate: float
-  conv: ModuleDef
-  norm: ModuleDef
+  conv: layers.ModuleDef
+  norm: layers.ModuleDef
   dtype: Any
 
   @nn.compact
@@ -141,12 +135,8 @@ class EfficientNet(nn.Module):
       residual branch with probability drop_connect_rate * i / n, in train mode. Like dropout,
       it draws from the 'dropout' rng.
     se_ratio: Squeeze-excitation bottleneck width as a fraction of a block's input channels.
-    dtype: Compute dtype. Parameters and BatchNorm statistics are always float32.
-    bn_axis_name: Named mesh axis over which BatchNorm averages batch statistics, so that a
-      `shard_map`ped step over that axis matches a single-device step on the global batch.
-      None normalises each device's examples on their own.
-    bn_momentum: Decay of the BatchNorm running averages: 0.9 as in the project's ResNets
-      (PyTorch's default); the TensorFlow reference uses 0.99.
+    dtype, bn_axis_name, bn_momentum: The shared fields (see `layers`). The TensorFlow
+      reference's BatchNorm momentum is 0.99; the default here is the other families' 0.9.
   """
   stages: Sequence[Stage]
   stem_features: int
@@ -173,8 +163,7 @@ class EfficientNet(nn.Module):
       float32 logits [B, num_classes].
     """
     # 'SAME' padding as in the TensorFlow original, whose checkpoints assume it.
-    conv = functools.partial(nn.Conv, use_bias=False, padding='SAME', kernel_init=_conv_init,
-                             dtype=self.dtype, param_dtype=jnp.float32)
+    conv = layers.conv(self, use_bias=False, padding='SAME')
     # The reference's epsilon, so that reference weights normalise as they were trained to.
     norm = layers.batch_norm(self, train=train, epsilon=1e-3)
 
@@ -196,10 +185,7 @@ class EfficientNet(nn.Module):
     x = nn.swish(norm(name='head_bn')(x))
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dropout(self.dropout_rate, name='dropout')(x, deterministic=not train)
-    # A zero head makes every initial prediction uniform, as in the project's other models.
-    x = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, dtype=self.dtype,
-                 param_dtype=jnp.float32, name='head')(x)
-    return x.astype(jnp.float32)
+    return layers.zero_head(self, x)
 
 
 EfficientNetB0 = functools.partial(EfficientNet, stages=B0_STAGES, stem_features=32,

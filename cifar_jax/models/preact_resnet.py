@@ -10,23 +10,13 @@ unnormalised residual sum.
 """
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from cifar_jax.models import layers
-
-# Module constructors with the shared settings already bound; blocks call them with a name.
-ModuleDef = Callable[..., nn.Module]
-
-# He (kaiming) normal with fan_out, as for the ResNets.
-_conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
-
-# PyTorch pads a 3x3 convolution by one pixel on every side. Flax's 'SAME' pads only at the
-# bottom/right for stride 2 on even sizes, which would shift the sampling grid.
-_PAD_3X3 = ((1, 1), (1, 1))
 
 
 class PreActBlock(nn.Module):
@@ -45,9 +35,9 @@ class PreActBlock(nn.Module):
   """
   features: int
   strides: int
-  conv: ModuleDef
-  norm: ModuleDef
-  dropout: ModuleDef | None = None
+  conv: layers.ModuleDef
+  norm: layers.ModuleDef
+  dropout: layers.ModuleDef | None = None
 
   @nn.compact
   def __call__(self, x):
@@ -57,12 +47,12 @@ class PreActBlock(nn.Module):
                            name='proj_conv')(y)
     else:
       shortcut = x
-    y = self.conv(self.features, (3, 3), (self.strides, self.strides), padding=_PAD_3X3,
+    y = self.conv(self.features, (3, 3), (self.strides, self.strides), padding=layers.PAD_3X3,
                   name='conv1')(y)
     y = nn.relu(self.norm(name='bn2')(y))
     if self.dropout is not None:
       y = self.dropout()(y)
-    y = self.conv(self.features, (3, 3), padding=_PAD_3X3, name='conv2')(y)
+    y = self.conv(self.features, (3, 3), padding=layers.PAD_3X3, name='conv2')(y)
     return y + shortcut
 
 
@@ -73,11 +63,7 @@ class PreActResNet(nn.Module):
     stage_sizes: Number of blocks in each of the four stages.
     num_classes: Number of output logits.
     width: Channels of the stem and of the first stage.
-    dtype: Compute dtype. Parameters and BatchNorm statistics are always float32.
-    bn_axis_name: Named mesh axis over which BatchNorm averages batch statistics, so that a
-      `shard_map`ped step over that axis matches a single-device step on the global batch.
-      None normalises each device's examples on their own.
-    bn_momentum: Decay of the BatchNorm running averages (0.9 equals PyTorch's momentum=0.1).
+    dtype, bn_axis_name, bn_momentum: The shared fields (see `layers`).
   """
   stage_sizes: Sequence[int]
   num_classes: int
@@ -98,12 +84,11 @@ class PreActResNet(nn.Module):
     Returns:
       float32 logits [B, num_classes].
     """
-    conv = functools.partial(nn.Conv, use_bias=False, kernel_init=_conv_init, dtype=self.dtype,
-                             param_dtype=jnp.float32)
+    conv = layers.conv(self, use_bias=False)
     norm = layers.batch_norm(self, train=train)
 
     x = x.astype(self.dtype)
-    x = conv(self.width, (3, 3), padding=_PAD_3X3, name='stem_conv')(x)
+    x = conv(self.width, (3, 3), padding=layers.PAD_3X3, name='stem_conv')(x)
     for stage, num_blocks in enumerate(self.stage_sizes):
       for block in range(num_blocks):
         # Every stage but the first halves the resolution in its first block.
@@ -111,11 +96,7 @@ class PreActResNet(nn.Module):
         x = PreActBlock(features=self.width * 2**stage, strides=strides, conv=conv, norm=norm,
                         name=f'stage{stage + 1}_block{block}')(x)
     x = nn.relu(norm(name='final_bn')(x))
-    x = jnp.mean(x, axis=(1, 2))
-    # A zero head makes every initial prediction uniform, as in the ResNets.
-    x = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, dtype=self.dtype,
-                 param_dtype=jnp.float32, name='head')(x)
-    return x.astype(jnp.float32)
+    return layers.zero_head(self, jnp.mean(x, axis=(1, 2)))
 
 
 PreActResNet18 = functools.partial(PreActResNet, stage_sizes=(2, 2, 2, 2))

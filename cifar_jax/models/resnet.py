@@ -16,16 +16,6 @@ import jax.numpy as jnp
 
 from cifar_jax.models import layers
 
-# Module constructors with the shared settings already bound; blocks call them with a name.
-ModuleDef = Callable[..., nn.Module]
-
-# He (kaiming) normal with fan_out, as torchvision initialises ResNet convolutions.
-_conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
-
-# PyTorch pads a 3x3 convolution by one pixel on every side. Flax's 'SAME' pads only at the
-# bottom/right for stride 2 on even sizes, which would shift the sampling grid.
-_PAD_3X3 = ((1, 1), (1, 1))
-
 
 class BasicBlock(nn.Module):
   """Two 3x3 convolutions with an identity or projection shortcut (ResNet-18/34).
@@ -38,16 +28,16 @@ class BasicBlock(nn.Module):
   """
   features: int
   strides: int
-  conv: ModuleDef
-  norm: ModuleDef
+  conv: layers.ModuleDef
+  norm: layers.ModuleDef
 
   @nn.compact
   def __call__(self, x):
     residual = x
-    y = self.conv(self.features, (3, 3), (self.strides, self.strides), padding=_PAD_3X3,
+    y = self.conv(self.features, (3, 3), (self.strides, self.strides), padding=layers.PAD_3X3,
                   name='conv1')(x)
     y = nn.relu(self.norm(name='bn1')(y))
-    y = self.conv(self.features, (3, 3), padding=_PAD_3X3, name='conv2')(y)
+    y = self.conv(self.features, (3, 3), padding=layers.PAD_3X3, name='conv2')(y)
     y = self.norm(name='bn2')(y)
     if residual.shape != y.shape:
       residual = self.conv(self.features, (1, 1), (self.strides, self.strides), padding='VALID',
@@ -71,8 +61,8 @@ class BottleneckBlock(nn.Module):
   """
   features: int
   strides: int
-  conv: ModuleDef
-  norm: ModuleDef
+  conv: layers.ModuleDef
+  norm: layers.ModuleDef
   stride_in_1x1: bool = False
 
   expansion = 4
@@ -85,7 +75,7 @@ class BottleneckBlock(nn.Module):
     y = self.conv(self.features, (1, 1), (strides_1x1, strides_1x1), padding='VALID',
                   name='conv1')(x)
     y = nn.relu(self.norm(name='bn1')(y))
-    y = self.conv(self.features, (3, 3), (strides_3x3, strides_3x3), padding=_PAD_3X3,
+    y = self.conv(self.features, (3, 3), (strides_3x3, strides_3x3), padding=layers.PAD_3X3,
                   name='conv2')(y)
     y = nn.relu(self.norm(name='bn2')(y))
     y = self.conv(out_features, (1, 1), padding='VALID', name='conv3')(y)
@@ -109,11 +99,7 @@ class ResNet(nn.Module):
       3x3 stride-2 max-pool), for inputs of 224x224 or so.
     frozen_batch_stats: Normalise with the running averages and keep them fixed in training
       too, as when fine-tuning with the pretrained statistics.
-    dtype: Compute dtype. Parameters and BatchNorm statistics are always float32.
-    bn_axis_name: Named mesh axis over which BatchNorm averages batch statistics, so that a
-      `shard_map`ped step over that axis matches a single-device step on the global batch.
-      None normalises each device's examples on their own.
-    bn_momentum: Decay of the BatchNorm running averages (0.9 equals PyTorch's momentum=0.1).
+    dtype, bn_axis_name, bn_momentum: The shared fields (see `layers`).
     bn_epsilon: BatchNorm's variance epsilon (PyTorch's 1e-5; Keras' ResNet50 uses 1.001e-5).
     conv_bias: Whether convolutions have biases (Keras' ResNet50 has them).
   """
@@ -144,14 +130,13 @@ class ResNet(nn.Module):
     Raises:
       ValueError: for an unknown `stem`.
     """
-    conv = functools.partial(nn.Conv, use_bias=self.conv_bias, kernel_init=_conv_init,
-                             dtype=self.dtype, param_dtype=jnp.float32)
+    conv = layers.conv(self, use_bias=self.conv_bias)
     norm = layers.batch_norm(self, train=train and not self.frozen_batch_stats,
                              epsilon=self.bn_epsilon)
 
     x = x.astype(self.dtype)
     if self.stem == 'cifar':
-      x = conv(self.width, (3, 3), padding=_PAD_3X3, name='stem_conv')(x)
+      x = conv(self.width, (3, 3), padding=layers.PAD_3X3, name='stem_conv')(x)
       x = nn.relu(norm(name='stem_bn')(x))
     elif self.stem == 'imagenet':
       x = conv(self.width, (7, 7), (2, 2), padding=((3, 3), (3, 3)), name='stem_conv')(x)
@@ -166,12 +151,7 @@ class ResNet(nn.Module):
         strides = 2 if stage > 0 and block == 0 else 1
         x = self.block_cls(features=self.width * 2**stage, strides=strides, conv=conv,
                            norm=norm, name=f'stage{stage + 1}_block{block}')(x)
-    x = jnp.mean(x, axis=(1, 2))
-    # A zero head makes every initial prediction uniform, so early training is not dominated by
-    # arbitrary confident logits; standard in big_vision and the ViT fine-tuning recipe.
-    x = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, dtype=self.dtype,
-                 param_dtype=jnp.float32, name='head')(x)
-    return x.astype(jnp.float32)
+    return layers.zero_head(self, jnp.mean(x, axis=(1, 2)))
 
 
 # ResNet-10 (one block a stage): small and quick to compile, for tests and smoke runs.

@@ -30,11 +30,7 @@ class SimpleCNN(nn.Module):
     width: Filters of the first block's convolutions; the second block has twice as many.
     dropout: Whether to apply the dropout layers in train mode (train mode then needs a
       'dropout' PRNG stream). Eval mode never drops.
-    dtype: Compute dtype. Parameters and BatchNorm statistics are always float32.
-    bn_axis_name: Named mesh axis over which BatchNorm averages batch statistics, so that a
-      `shard_map`ped step over that axis matches a single-device step on the global batch.
-      None normalises each device's examples on their own.
-    bn_momentum: Decay of the BatchNorm running averages (0.9 equals PyTorch's momentum=0.1).
+    dtype, bn_axis_name, bn_momentum: The shared fields (see `layers`).
   """
   num_classes: int
   width: int = 32
@@ -55,7 +51,7 @@ class SimpleCNN(nn.Module):
     Returns:
       float32 logits [B, num_classes].
     """
-    conv = functools.partial(nn.Conv, kernel_size=(3, 3), padding=((1, 1), (1, 1)),
+    conv = functools.partial(nn.Conv, kernel_size=(3, 3), padding=layers.PAD_3X3,
                              kernel_init=nn.initializers.he_uniform(), dtype=self.dtype,
                              param_dtype=jnp.float32)
     norm = layers.batch_norm(self, train=train)
@@ -75,7 +71,4 @@ class SimpleCNN(nn.Module):
                  param_dtype=jnp.float32, name='dense')(x)
     x = norm(name='dense_bn')(nn.relu(x))
     x = nn.Dropout(_DENSE_DROPOUT, deterministic=deterministic)(x)
-    # A zero head makes every initial prediction uniform, as in the ResNets.
-    x = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, dtype=self.dtype,
-                 param_dtype=jnp.float32, name='head')(x)
-    return x.astype(jnp.float32)
+    return layers.zero_head(self, x)

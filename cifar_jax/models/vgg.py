@@ -16,9 +16,6 @@ import jax.numpy as jnp
 
 from cifar_jax.models import layers
 
-# He (kaiming) normal with fan_out, as for the ResNets.
-_conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
-
 # Channels of each block in units of `width`; the last two blocks both have 8 * width.
 _BLOCK_MULTIPLIERS = (1, 2, 4, 8, 8)
 
@@ -30,11 +27,7 @@ class VGG(nn.Module):
     block_sizes: Number of convolutions in each of the five blocks.
     num_classes: Number of output logits.
     width: Channels of the first block; the others have 2, 4, 8 and 8 times as many.
-    dtype: Compute dtype. Parameters and BatchNorm statistics are always float32.
-    bn_axis_name: Named mesh axis over which BatchNorm averages batch statistics, so that a
-      `shard_map`ped step over that axis matches a single-device step on the global batch.
-      None normalises each device's examples on their own.
-    bn_momentum: Decay of the BatchNorm running averages (0.9 equals PyTorch's momentum=0.1).
+    dtype, bn_axis_name, bn_momentum: The shared fields (see `layers`).
   """
   block_sizes: Sequence[int]
   num_classes: int
@@ -55,8 +48,7 @@ class VGG(nn.Module):
     Returns:
       float32 logits [B, num_classes].
     """
-    conv = functools.partial(nn.Conv, kernel_size=(3, 3), padding=((1, 1), (1, 1)),
-                             kernel_init=_conv_init, dtype=self.dtype, param_dtype=jnp.float32)
+    conv = layers.conv(self, kernel_size=(3, 3), padding=layers.PAD_3X3)
     norm = layers.batch_norm(self, train=train)
 
     x = x.astype(self.dtype)
@@ -70,11 +62,7 @@ class VGG(nn.Module):
       x = nn.max_pool(x, (2, 2), strides=(2, 2), padding='SAME')
     # At 32x32 the features are already 1x1, so this is the usual flatten; the mean also keeps
     # the head's shape independent of the input size.
-    x = jnp.mean(x, axis=(1, 2))
-    # A zero head makes every initial prediction uniform, as in the ResNets.
-    x = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, dtype=self.dtype,
-                 param_dtype=jnp.float32, name='head')(x)
-    return x.astype(jnp.float32)
+    return layers.zero_head(self, jnp.mean(x, axis=(1, 2)))
 
 
 VGG11 = functools.partial(VGG, block_sizes=(1, 1, 2, 2, 2))

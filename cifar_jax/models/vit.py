@@ -30,6 +30,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from cifar_jax.models import layers
+
 # The original ViT initialisers: Xavier-uniform Dense kernels with near-zero biases.
 _dense = functools.partial(nn.Dense, kernel_init=nn.initializers.xavier_uniform(),
                            bias_init=nn.initializers.normal(stddev=1e-6))
@@ -215,11 +217,7 @@ class VisionTransformer(nn.Module):
     if self.representation_size is not None:
       x = nn.tanh(nn.Dense(self.representation_size, dtype=self.dtype, param_dtype=jnp.float32,
                            name='pre_logits')(x))
-    # A zero head makes every initial prediction uniform; the original checkpoints are also
-    # fine-tuned from a freshly zeroed head.
-    x = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, dtype=self.dtype,
-                 param_dtype=jnp.float32, name='head')(x)
-    return x.astype(jnp.float32)
+    return layers.zero_head(self, x)
 
 
 # From scratch on 32x32 images: 4x4 patches give 64 patch tokens. Tiny and Small are DeiT's

@@ -16,9 +16,6 @@ from cifar_jax.errors import UserError
 from cifar_jax.models import layers
 from cifar_jax.models.preact_resnet import PreActBlock
 
-# He (kaiming) normal with fan_out, as for the ResNets.
-_conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
-
 
 class WideResNet(nn.Module):
   """WRN-depth-widen_factor: 3x3 stem, three stages of widened pre-activation blocks, Dense.
@@ -30,11 +27,7 @@ class WideResNet(nn.Module):
     dropout_rate: Share of activations dropped between the two convolutions of each block in
       train mode (train mode then needs a 'dropout' PRNG stream); 0 is off.
     width: Channels of the stem; the stages have k, 2k and 4k times as many (16 in the paper).
-    dtype: Compute dtype. Parameters and BatchNorm statistics are always float32.
-    bn_axis_name: Named mesh axis over which BatchNorm averages batch statistics, so that a
-      `shard_map`ped step over that axis matches a single-device step on the global batch.
-      None normalises each device's examples on their own.
-    bn_momentum: Decay of the BatchNorm running averages (0.9 equals PyTorch's momentum=0.1).
+    dtype, bn_axis_name, bn_momentum: The shared fields (see `layers`).
   """
   num_classes: int
   depth: int = 28
@@ -64,14 +57,13 @@ class WideResNet(nn.Module):
     Returns:
       float32 logits [B, num_classes].
     """
-    conv = functools.partial(nn.Conv, use_bias=False, kernel_init=_conv_init, dtype=self.dtype,
-                             param_dtype=jnp.float32)
+    conv = layers.conv(self, use_bias=False)
     norm = layers.batch_norm(self, train=train)
     dropout = functools.partial(nn.Dropout, rate=self.dropout_rate, deterministic=not train)
     blocks_per_stage = (self.depth - 4) // 6
 
     x = x.astype(self.dtype)
-    x = conv(self.width, (3, 3), padding=((1, 1), (1, 1)), name='stem_conv')(x)
+    x = conv(self.width, (3, 3), padding=layers.PAD_3X3, name='stem_conv')(x)
     for stage in range(3):
       for block in range(blocks_per_stage):
         strides = 2 if stage > 0 and block == 0 else 1
@@ -79,11 +71,7 @@ class WideResNet(nn.Module):
                         conv=conv, norm=norm, dropout=dropout,
                         name=f'stage{stage + 1}_block{block}')(x)
     x = nn.relu(norm(name='final_bn')(x))
-    x = jnp.mean(x, axis=(1, 2))
-    # A zero head makes every initial prediction uniform, as in the ResNets.
-    x = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, dtype=self.dtype,
-                 param_dtype=jnp.float32, name='head')(x)
-    return x.astype(jnp.float32)
+    return layers.zero_head(self, jnp.mean(x, axis=(1, 2)))
 
 
 WRN16_8 = functools.partial(WideResNet, depth=16, widen_factor=8)

@@ -14,23 +14,12 @@ pointwise one) with BatchNorm and ReLU. The sizes are scaled to CIFAR:
 """
 
 import functools
-from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from cifar_jax.models import layers
-
-ModuleDef = Callable[..., nn.Module]
-
-# He (kaiming) normal with fan_out, as for the project's ResNets.
-_conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
-
-# One pixel on every side: a 3x3 window centred on each kept pixel. Flax's 'SAME' would pad only
-# at the bottom/right for stride 2, centring the pooling windows one pixel off the pixels that
-# the 1x1 stride-2 shortcut samples.
-_PAD_3X3 = ((1, 1), (1, 1))
 
 
 class SeparableConv(nn.Module):
@@ -43,12 +32,12 @@ class SeparableConv(nn.Module):
     conv: Convolution constructor (no bias, initialiser and dtypes bound).
   """
   features: int
-  conv: ModuleDef
+  conv: layers.ModuleDef
 
   @nn.compact
   def __call__(self, x):
     channels = x.shape[-1]
-    x = self.conv(channels, (3, 3), padding=_PAD_3X3, feature_group_count=channels,
+    x = self.conv(channels, (3, 3), padding=layers.PAD_3X3, feature_group_count=channels,
                   name='depthwise')(x)
     return self.conv(self.features, (1, 1), padding='VALID', name='pointwise')(x)
 
@@ -69,8 +58,8 @@ class DownsamplingBlock(nn.Module):
   """
   features: int
   strides: int
-  conv: ModuleDef
-  norm: ModuleDef
+  conv: layers.ModuleDef
+  norm: layers.ModuleDef
   pre_activation: bool = True
   inner_features: int | None = None
 
@@ -85,7 +74,9 @@ class DownsamplingBlock(nn.Module):
     y = SeparableConv(self.features, self.conv, name='sepconv2')(y)
     y = self.norm(name='bn2')(y)
     if self.strides != 1:
-      y = nn.max_pool(y, (3, 3), (self.strides, self.strides), padding=_PAD_3X3)
+      # Each 3x3 window is centred on a kept pixel, the one the 1x1 stride-2 shortcut samples;
+      # 'SAME' would pad only at the bottom/right and centre the windows one pixel off.
+      y = nn.max_pool(y, (3, 3), (self.strides, self.strides), padding=layers.PAD_3X3)
     return y + shortcut
 
 
@@ -96,8 +87,8 @@ class MiddleBlock(nn.Module):
     conv: Convolution constructor (no bias, initialiser and dtypes bound).
     norm: BatchNorm constructor (train/eval mode, momentum, axis name and dtypes bound).
   """
-  conv: ModuleDef
-  norm: ModuleDef
+  conv: layers.ModuleDef
+  norm: layers.ModuleDef
 
   @nn.compact
   def __call__(self, x):
@@ -116,11 +107,7 @@ class Xception(nn.Module):
     width: Channels of the stem; every other width is a multiple of it (see the module doc).
     middle_blocks: Number of middle flow blocks (Xception has 8).
     dropout_rate: Dropout on the pooled features before the classifier, in train mode.
-    dtype: Compute dtype. Parameters and BatchNorm statistics are always float32.
-    bn_axis_name: Named mesh axis over which BatchNorm averages batch statistics, so that a
-      `shard_map`ped step over that axis matches a single-device step on the global batch.
-      None normalises each device's examples on their own.
-    bn_momentum: Decay of the BatchNorm running averages (0.9 equals PyTorch's momentum=0.1).
+    dtype, bn_axis_name, bn_momentum: The shared fields (see `layers`).
   """
   num_classes: int
   width: int = 32
@@ -143,14 +130,13 @@ class Xception(nn.Module):
     Returns:
       float32 logits [B, num_classes].
     """
-    conv = functools.partial(nn.Conv, use_bias=False, kernel_init=_conv_init, dtype=self.dtype,
-                             param_dtype=jnp.float32)
+    conv = layers.conv(self, use_bias=False)
     norm = layers.batch_norm(self, train=train)
     block = functools.partial(DownsamplingBlock, conv=conv, norm=norm)
     w = self.width
 
     x = x.astype(self.dtype)
-    x = conv(w, (3, 3), padding=_PAD_3X3, name='stem_conv')(x)
+    x = conv(w, (3, 3), padding=layers.PAD_3X3, name='stem_conv')(x)
     x = nn.relu(norm(name='stem_bn')(x))
 
     x = block(2 * w, strides=1, pre_activation=False, name='entry_block1')(x)
@@ -164,7 +150,4 @@ class Xception(nn.Module):
 
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dropout(self.dropout_rate, name='dropout')(x, deterministic=not train)
-    # A zero head makes every initial prediction uniform, as in the project's other models.
-    x = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, dtype=self.dtype,
-                 param_dtype=jnp.float32, name='head')(x)
-    return x.astype(jnp.float32)
+    return layers.zero_head(self, x)

@@ -33,19 +33,26 @@ def learning_curves(records: list[dict], path: str) -> str:
     path: Where to write the PNG.
   """
   epochs = np.array([r['epoch'] for r in records])
+  # Few evaluations are drawn as visible points (one alone is no line), and labelled.
+  few = len(records) <= 3
+  marker = {'marker': 'o', 'markersize': 6} if few else {'marker': '.'}
   figure, (loss_axis, accuracy_axis, rate_axis) = _figure(
       3, 1, (8, 9), sharex=True, gridspec_kw={'height_ratios': [3, 3, 1.4]})
   for axis, metric in ((loss_axis, 'loss'), (accuracy_axis, 'accuracy')):
     for split, style in (('train', '-'), ('val', ':'), ('test', '--')):
       values = [r.get(f'{split}_{metric}') for r in records]
       if any(v is not None for v in values):
-        axis.plot(epochs, [np.nan if v is None else v for v in values], style, marker='.',
-                  label=split)
+        points = [np.nan if v is None else v for v in values]
+        axis.plot(epochs, points, style, label=split, **marker)
+        if few:
+          for x, y in zip(epochs, points, strict=True):
+            axis.annotate(f'{y:.3g}', (x, y), textcoords='offset points', xytext=(6, 4),
+                          fontsize=8)
     axis.set_ylabel(metric)
     axis.grid(alpha=0.3)
     axis.legend(loc='best')
   rates = np.array([r['learning_rate'] for r in records])
-  rate_axis.plot(epochs, rates, color='black')
+  rate_axis.plot(epochs, rates, color='black', **marker)
   rate_axis.set_ylabel('learning rate')
   rate_axis.set_xlabel('epoch')
   rate_axis.grid(alpha=0.3)
@@ -59,7 +66,10 @@ def learning_curves(records: list[dict], path: str) -> str:
         axis.axvline(record['epoch'], color='grey', linestyle='-.', linewidth=1)
       accuracy_axis.annotate('plateau cut', (record['epoch'], accuracy_axis.get_ylim()[0]),
                              rotation=90, va='bottom', ha='right', fontsize=8, color='grey')
-  loss_axis.set_title('Learning curves')
+  if few:
+    # From the start of training, so a lone first evaluation is not centred in an empty plot.
+    rate_axis.set_xlim(0, max(epochs.max(), 1e-3) * 1.15)
+  loss_axis.set_title('Learning curves' + (' (one evaluation so far)' if len(records) == 1 else ''))
   return _save(figure, path)
 
 

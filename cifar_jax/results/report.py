@@ -61,8 +61,12 @@ def analyse(trained: restore.Trained, host_splits: dict, split: str = 'test') ->
 
 
 def _grid_sample(correct: np.ndarray) -> np.ndarray:
-  """Up to GRID_IMAGES indices, half right and half wrong where there are enough of each."""
-  right, wrong = np.flatnonzero(correct), np.flatnonzero(~correct)
+  """Up to GRID_IMAGES indices, half right and half wrong where there are enough of each.
+
+  Drawn from a fixed random order, so a split stored class by class shows all its classes.
+  """
+  order = np.random.default_rng(0).permutation(len(correct))
+  right, wrong = order[correct[order]], order[~correct[order]]
   wrong = wrong[:max(GRID_IMAGES // 2, GRID_IMAGES - len(right))]
   right = right[:GRID_IMAGES - len(wrong)]
   return np.sort(np.concatenate([right, wrong]))

@@ -15,7 +15,6 @@ import ml_collections
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from cifar_jax import config as config_lib
 from cifar_jax import models, sharding
 from cifar_jax import workdir as workdir_lib
 from cifar_jax.errors import UserError
@@ -97,7 +96,6 @@ def from_workdir(workdir: str, which: str = 'best',
   """
   check_workdir(workdir)
   config = config or workdir_lib.load_config(workdir)
-  config_lib.validate(config)
   classes = workdir_lib.load_classes(workdir)
   mesh = sharding.create_mesh()
   model = models.from_config(config.model, len(classes['class_names']), bn_axis_name=DATA_AXIS)

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from cifar_jax.augment import inputs as inputs_lib
+from cifar_jax.augment import normalize
 from cifar_jax.sharding import DATA_AXIS
 
 
@@ -19,7 +19,7 @@ def predict(state, images, *, model, flip_tta: bool = False, input_size: int = 3
   `image_std`.
   """
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
-  inputs = inputs_lib.eval_inputs(images, state.image_mean, state.image_std, input_size)
+  inputs = normalize.model_inputs(images, state.image_mean, state.image_std, input_size)
   logits = model.apply(variables, inputs, train=False)
   if flip_tta:
     logits = (logits + model.apply(variables, inputs[:, :, ::-1], train=False)) / 2

@@ -9,6 +9,21 @@ meaning, and carry no gradient.
 import jax.numpy as jnp
 from jax import lax
 
+from cifar_jax.errors import UserError, check_choice
+
+MODES = ('off', 'topk', 'softmax')
+
+
+def check_config(hem_config) -> None:
+  """Raises a UserError naming the first field of `config.hem` that mining cannot use."""
+  check_choice('config.hem.mode', hem_config.mode, MODES)
+  if not 0 < hem_config.fraction <= 1:
+    raise UserError(f'config.hem.fraction must be in (0, 1], got {hem_config.fraction}.')
+  if hem_config.boost <= 0:
+    raise UserError(f'config.hem.boost must be positive, got {hem_config.boost}.')
+  if hem_config.temperature <= 0:
+    raise UserError(f'config.hem.temperature must be positive, got {hem_config.temperature}.')
+
 
 def _topk_weights(losses, fraction, boost, axis_name):
   """The hardest `fraction` of the global batch weighs `boost` times the rest."""

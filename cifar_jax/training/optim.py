@@ -11,6 +11,23 @@ import ml_collections
 import optax
 from optax import contrib
 
+from cifar_jax.errors import UserError, check_choice
+
+SCHEDULES = ('constant', 'piecewise', 'cosine', 'onecycle')
+OPTIMIZERS = ('sgd', 'adamw')
+MONITORS = ('accuracy', 'loss')
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Raises a UserError naming the first optimiser, schedule, monitor or fine-tuning field
+  that this module cannot use."""
+  check_choice('config.optimizer.name', config.optimizer.name, OPTIMIZERS)
+  check_choice('config.schedule.name', config.schedule.name, SCHEDULES)
+  check_choice('config.monitor', config.monitor, MONITORS)
+  f = config.finetune
+  if f.backbone_lr_scale < 0 or f.freeze_backbone_steps < 0:
+    raise UserError('config.finetune.backbone_lr_scale and freeze_backbone_steps must be >= 0.')
+
 
 def epochs_to_steps(epochs: float, steps_per_epoch: int) -> int:
   """The one place a duration in epochs becomes a number of train steps."""
@@ -34,7 +51,7 @@ def create_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> 
         decay_steps=total, end_value=0.0)
   if s.name == 'onecycle':
     return optax.cosine_onecycle_schedule(transition_steps=total, peak_value=base)
-  raise ValueError(f'unknown schedule {s.name!r}')  # validate() rules this out.
+  raise ValueError(f'unknown schedule {s.name!r}')  # check_config() rules this out.
 
 
 def _decay_mask(params):
@@ -99,9 +116,10 @@ def monitor_loss(metrics: dict, monitor: str):
 def create_plateau(config: ml_collections.ConfigDict) -> optax.GradientTransformationExtraArgs:
   """Keras' ReduceLROnPlateau as optax's transform, fed one value per evaluation.
 
-  It is not chained into the optimiser (which runs every step): the train step
-  multiplies the updates by `state.scale`, and `update_monitors` feeds it the
-  monitored value at each evaluation, so `patience` counts evaluations.
+  It is not chained into the optimiser (which runs every step): the update half
+  of the step multiplies the updates by its `scale`, and the loop's monitor
+  function (`setup.compile_monitor_fn`) feeds it the monitored value at each
+  evaluation, so `patience` counts evaluations.
   """
   p = config.plateau
   return contrib.reduce_on_plateau(

@@ -12,13 +12,12 @@ import ml_collections
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from cifar_jax import config as config_lib
 from cifar_jax import models, pretrained, sharding
-from cifar_jax.augment import normalize
+from cifar_jax.augment import inputs, normalize
 from cifar_jax.data import splits as splits_lib
 from cifar_jax.errors import UserError
 from cifar_jax.sharding import DATA_AXIS
-from cifar_jax.training import evaluation, optim
+from cifar_jax.training import evaluation, hem, optim, update
 from cifar_jax.training import state as state_lib
 from cifar_jax.training import step as step_lib
 
@@ -87,12 +86,8 @@ class Run:
 
 def setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None) -> Run:
   """Validates `config`, puts its data on `mesh` (default: every device) and builds the run."""
-  config_lib.validate(config)
   mesh = mesh or sharding.create_mesh()
-  for field in ('batch_size', 'eval_batch_size'):
-    if config[field] % mesh.size:
-      raise UserError(f'config.{field}={config[field]} must divide evenly across the '
-                      f'{mesh.size} devices; pick a multiple of {mesh.size}.')
+  check_config(config, mesh.size)
 
   # Data, on the mesh for the whole run.
   dataset, host_splits = splits_lib.load_splits(config)
@@ -124,6 +119,29 @@ def setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = No
                                 steps_per_epoch, device_loop=call_steps > 1),
       eval_fn=compile_eval_fn(config, model, mesh, splits.num_classes),
       monitor_fn=compile_monitor_fn(config, plateau))
+
+
+def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Raises a UserError naming the first field no run can use: each part checks its own."""
+  models.check_config(config.model)
+  inputs.check_config(config.augment, config.label_smoothing)
+  update.check_config(config)
+  hem.check_config(config.hem)
+  optim.check_config(config)
+  positive = {'batch_size': config.batch_size, 'eval_batch_size': config.eval_batch_size,
+              'num_epochs': config.num_epochs, 'eval_every_epochs': config.eval_every_epochs,
+              'checkpoint.keep_latest': config.checkpoint.keep_latest}
+  for field, value in positive.items():
+    if value <= 0:
+      raise UserError(f'config.{field} must be positive, got {value}.')
+  for field in ('steps_per_call', 'max_steps'):
+    if config[field] < 0:
+      raise UserError(f'config.{field} must be >= 0 (0 means automatic or no limit), got '
+                      f'{config[field]}.')
+  for field in ('batch_size', 'eval_batch_size'):
+    if config[field] % num_devices:
+      raise UserError(f'config.{field}={config[field]} must divide evenly across the '
+                      f'{num_devices} devices; pick a multiple of {num_devices}.')
 
 
 def place_eval_split(images, labels, eval_batch_size: int, mesh) -> tuple:

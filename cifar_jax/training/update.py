@@ -10,8 +10,18 @@ import optax
 from jax import lax
 
 from cifar_jax import rng
+from cifar_jax.errors import UserError
 from cifar_jax.sharding import DATA_AXIS
 from cifar_jax.training import hem
+
+
+def check_config(config) -> None:
+  """Raises a UserError for an EMA decay or SAM radius the update cannot use."""
+  if not 0 <= config.ema_decay < 1:
+    raise UserError(f'config.ema_decay must be in [0, 1) (0 is off), got {config.ema_decay}.')
+  if config.optimizer.sam_rho < 0:
+    raise UserError(f'config.optimizer.sam_rho must be >= 0 (0 is off), got '
+                    f'{config.optimizer.sam_rho}.')
 
 
 def update(state, inputs, targets, labels, step_key, *, model, optimizer, hem_config,
