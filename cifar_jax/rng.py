@@ -1,21 +1,20 @@
 """Named random streams: every random draw of a run derives from the seed by a name.
 
-`stream(key, 'mixing')` is the key of the stream called 'mixing' under `key`. A stream's key
-depends on its name alone, so adding, removing or reordering streams leaves the others' draws
-as they were, and runs stay comparable across versions.
-"""
-import jax
+`stream(key, 'mixing')` is the key of the stream called 'mixing' under `key`: `key` with a
+number folded in that is computed from the name alone (its CRC-32). Adding, removing or
+reordering streams therefore leaves the other streams' draws as they were, and runs stay
+comparable across versions of the code.
 
-# The legacy derivation: each name was one of `n` keys split from its parent, by position.
-_POSITIONS = {
-    'init': (2, 0), 'run': (2, 1),  # Under the seed.
-    'data_order': (2, 0), 'steps': (2, 1),  # Under the run's key.
-    'crop_flip': (4, 0), 'randaugment': (4, 1), 'mixing': (4, 2), 'dropout': (4, 3),  # Step key.
-    'crop': (3, 0), 'flip': (3, 1), 'cutout': (3, 2),  # Under an example's crop_flip key.
-}
+The streams of a run: under the seed, 'init' (parameters) and 'run' (the state's key); under
+the run's key, 'data_order' (one permutation per epoch) and 'steps' (one key per step, by
+step number); under a step's key, 'crop_flip', 'randaugment', 'mixing' and 'dropout'; under
+an example's 'crop_flip' key, 'crop', 'flip' and 'cutout'.
+"""
+import zlib
+
+import jax
 
 
 def stream(key, name: str):
-  """The key of the stream `name` under `key`."""
-  n, i = _POSITIONS[name]
-  return jax.random.split(key, n)[i]
+  """The key of the stream `name` under `key` (typed or raw)."""
+  return jax.random.fold_in(key, zlib.crc32(name.encode()))
