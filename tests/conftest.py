@@ -18,7 +18,6 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from jax.sharding import Mesh  # noqa: E402
 
-from cifar_jax import config as config_lib  # noqa: E402
 from cifar_jax import data, sharding  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,21 +25,13 @@ CONFIG_DIR = os.path.join(REPO, 'configs')
 
 
 def tiny_config(**overrides):
-  """A small ResNet on synthetic CIFAR-10: 256 training images, batch 32 (8 steps an epoch)."""
-  config = config_lib.base_config()
-  config.dataset.name = 'cifar10'
-  config.dataset.source = 'synthetic'
-  config.dataset.synthetic_train_size = 256
-  config.dataset.synthetic_test_size = 100
-  config.model.name = 'resnet10'
-  config.model.width = 4
-  config.batch_size = 32
-  config.eval_batch_size = 64
-  config.num_epochs = 2
-  config.steps_per_call = 3
-  config.schedule.name = 'constant'
-  config.optimizer.learning_rate = 0.05
-  config.update_from_flattened_dict(overrides)
+  """`configs/smoke.py` made smaller: 256 training and 100 test images, a width-4 ResNet-10,
+  batch 32 (8 steps an epoch), 2 epochs, 3 steps per call; then `overrides`."""
+  config = load_config_file(os.path.join(CONFIG_DIR, 'smoke.py'))
+  config.update_from_flattened_dict({
+      'dataset.synthetic_train_size': 256, 'dataset.synthetic_test_size': 100,
+      'model.width': 4, 'batch_size': 32, 'eval_batch_size': 64, 'num_epochs': 2,
+      'steps_per_call': 3, **overrides})
   return config
 
 

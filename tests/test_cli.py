@@ -52,3 +52,22 @@ def test_user_mistakes_get_one_clear_error_and_no_traceback(tmp_path, module, fl
   assert result.returncode != 0
   assert message in result.stderr
   assert 'Traceback' not in result.stderr
+
+
+@pytest.mark.parametrize('module', ['cifar_jax.main', 'cifar_jax.evaluate', 'cifar_jax.report',
+                                    'cifar_jax.predict', 'cifar_jax.compare'])
+def test_help_exits_cleanly_with_the_usage(module):
+  result = run(module, '--help')
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f'python -m {module}' in result.stdout and '--' in result.stdout
+
+
+def test_predict_imports_no_training_code():
+  result = run('cifar_jax.predict', '--help', env=dict(os.environ, PYTHONPROFILEIMPORTTIME='1'))
+  assert result.returncode == 0
+  imported = {line.rsplit('|', 1)[-1].strip() for line in result.stderr.splitlines()}
+  assert 'cifar_jax.results.restore' in imported  # The profile lists the project's modules.
+  for module in ('cifar_jax.training.loop', 'cifar_jax.training.setup',
+                 'cifar_jax.training.step', 'cifar_jax.training.update',
+                 'cifar_jax.augment.inputs', 'cifar_jax.training.optim'):
+    assert module not in imported
