@@ -6,25 +6,27 @@ setuptools.setup(
     version="0.1.0",
     description="Train CIFAR-10/100 image classifiers with JAX and Flax.",
     packages=setuptools.find_packages(include=["cifar_jax", "cifar_jax.*"]),
-    python_requires=">=3.10",
+    # The tested range: the lower bounds below are the oldest versions tested (.ci/oldest.txt,
+    # on Python 3.11); the newest are whatever pip resolves on Python 3.13 (.ci/versions).
+    python_requires=">=3.11",
     install_requires=[
-        "jax>=0.7",
-        "flax>=0.11",
-        "optax>=0.2.5",
-        "orbax-checkpoint>=0.11",
-        "ml-collections>=1.0",
-        "numpy>=1.26",
-        "tensorflow-datasets>=4.9.7",
+        "jax>=0.10.2",
+        "flax>=0.12.8",
+        "optax>=0.2.8",
+        "orbax-checkpoint>=0.12.8",
+        "ml-collections>=1.1.0",
+        "numpy>=2.4.6",
+        "tensorflow-datasets>=4.9.10",
         # TensorBoard event files without TensorFlow.
-        "tensorboardX>=2.6",
-        "tqdm>=4.66",
+        "tensorboardX>=2.6.5",
+        "tqdm>=4.70.1",
         # Decodes the images of the tfds copy of CIFAR.
-        "pillow>=10",
+        "pillow>=13.0.0",
         # Pretrained weights: .safetensors without PyTorch, and Keras' .h5 files.
-        "safetensors>=0.4",
-        "h5py>=3.10",
+        "safetensors>=0.8.0",
+        "h5py>=3.16.0",
         # The figures of cifar_jax.report and cifar_jax.compare.
-        "matplotlib>=3.8",
+        "matplotlib>=3.11.2",
     ],
     extras_require={
         # pytest-xdist: the suite runs on two workers (`-n 2`); most of its time is

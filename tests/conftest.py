@@ -13,15 +13,21 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from jax.sharding import Mesh  # noqa: E402
-
-from cifar_jax import data, sharding  # noqa: E402
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(REPO, 'configs')
+
+# XLA:CPU compilation is most of the suite's time, and many tests (and the commands they start
+# as subprocesses, which inherit these variables) compile the same programs: JAX's persistent
+# cache compiles each once per checkout.
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(REPO, '.pytest_cache', 'jax'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import Mesh
+
+from cifar_jax import data, sharding
 
 
 def tiny_config(**overrides):
