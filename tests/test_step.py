@@ -13,6 +13,7 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from cifar_jax import config as config_lib
+from cifar_jax import rng
 from cifar_jax.training import evaluation, optim, step
 from cifar_jax.training import state as state_lib
 
@@ -118,3 +119,13 @@ def test_an_epoch_visits_distinct_examples_and_epochs_differ():
   assert len(set(np.concatenate(epoch))) == 96  # Three whole batches; 4 rows skipped.
   next_epoch_first = step.batch_indices(permutation, 3, batch_size=32, steps_per_epoch=3)
   np.testing.assert_array_equal(next_epoch_first, epoch[0])  # Same permutation, same slice.
+
+
+def test_random_streams_are_named_not_counted():
+  key = jax.random.PRNGKey(3)
+  names = ('init', 'run', 'data_order', 'steps', 'crop_flip', 'randaugment', 'mixing', 'dropout')
+  keys = {name: np.asarray(rng.stream(key, name)) for name in names}
+  assert len({k.tobytes() for k in keys.values()}) == len(names)  # All distinct.
+  # The name's number (a CRC-32, often above 2**31) folds in alike inside and outside jit.
+  np.testing.assert_array_equal(jax.jit(lambda k: rng.stream(k, 'mixing'))(key), keys['mixing'])
+  assert not np.array_equal(rng.stream(jax.random.PRNGKey(4), 'mixing'), keys['mixing'])
