@@ -22,9 +22,8 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
-def save_classes(dataset, workdir: str) -> None:
-  """The class names (and CIFAR-100's superclasses) beside the config, for commands that
-  predict or plot without the dataset at hand."""
+def classes_of(dataset) -> dict:
+  """A dataset's class names, and CIFAR-100's superclasses with the fine -> coarse map."""
   classes = {'class_names': list(dataset.class_names), 'coarse_class_names': None,
              'fine_to_coarse': None}
   if dataset.coarse_class_names is not None:
@@ -32,6 +31,12 @@ def save_classes(dataset, workdir: str) -> None:
     fine_to_coarse[dataset.train.labels] = dataset.train.coarse_labels
     classes.update(coarse_class_names=list(dataset.coarse_class_names),
                    fine_to_coarse=fine_to_coarse.tolist())
+  return classes
+
+
+def save_classes(classes: dict, workdir: str) -> None:
+  """`classes_of(dataset)` beside the config, for commands that predict or plot without the
+  dataset at hand."""
   with open(os.path.join(workdir, 'classes.json'), 'w') as f:
     json.dump(classes, f, indent=1)
     f.write('\n')

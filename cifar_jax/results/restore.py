@@ -39,7 +39,7 @@ class Trained:
   model: object
   weights: Weights
   step: int  # The checkpoint's train step.
-  classes: dict  # See `workdir.save_classes`.
+  classes: dict  # See `workdir.classes_of`.
   mesh: object
 
   @functools.cached_property

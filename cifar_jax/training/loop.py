@@ -41,7 +41,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   os.makedirs(workdir, exist_ok=True)
   if is_main:
     workdir_lib.save_config(config, workdir)
-    workdir_lib.save_classes(run.dataset, workdir)
+    workdir_lib.save_classes(run.classes, workdir)
 
   # 2. The state. The resume order: build a fresh state (its structure and shardings), fill
   # in pretrained weights when a new run starts from them, then overwrite it from the latest

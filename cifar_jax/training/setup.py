@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from cifar_jax import models, pretrained, sharding
+from cifar_jax import models, pretrained, sharding, workdir
 from cifar_jax.augment import inputs, normalize
 from cifar_jax.data import splits as splits_lib
 from cifar_jax.errors import UserError
@@ -45,7 +45,7 @@ class Run:
   """
   config: ml_collections.ConfigDict
   mesh: jax.sharding.Mesh
-  dataset: object  # The `data.Dataset` (class names; its arrays are on the mesh in `splits`).
+  classes: dict  # Class names (`workdir.classes_of`); the images are on the mesh in `splits`.
   splits: Splits
   image_stats: tuple  # Per-channel (mean, std) of the training split, in [0, 1] units.
   model: object
@@ -93,7 +93,8 @@ def setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = No
   dataset, host_splits = splits_lib.load_splits(config)
   image_stats = normalize.channel_stats(host_splits['train'][0])
   splits = place_splits(host_splits, dataset.num_classes, config.eval_batch_size, mesh)
-  del host_splits
+  classes = workdir.classes_of(dataset)
+  del dataset, host_splits  # The host copies: the run keeps the mesh's.
   steps_per_epoch = splits.num_train // config.batch_size
   if steps_per_epoch == 0:
     raise UserError(f'config.batch_size={config.batch_size} is larger than the '
@@ -110,7 +111,7 @@ def setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = No
   call_steps = steps_per_call(config)
 
   return Run(
-      config=config, mesh=mesh, dataset=dataset, splits=splits, image_stats=image_stats,
+      config=config, mesh=mesh, classes=classes, splits=splits, image_stats=image_stats,
       model=model, schedule=schedule, optimizer=optimizer, plateau=plateau,
       steps_per_epoch=steps_per_epoch, total_steps=total_steps,
       eval_every=max(1, optim.epochs_to_steps(config.eval_every_epochs, steps_per_epoch)),
