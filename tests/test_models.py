@@ -1,79 +1,130 @@
-"""Tests for the model registry and the CIFAR ResNets."""
+"""What every registered model computes, run as its tiny variant (`models.TINY`); the registry.
+
+Compilation dominates these tests on CPU, so they share a few compiled functions: the model is a
+static argument, and models and inputs are the same across tests wherever a test allows, so
+most calls reuse an earlier compilation. XLA also skips its backend optimisations, which would
+double the compile time of models that run in milliseconds. Beyond the initialisation test,
+parameters are drawn with numpy: a fresh init's head is zero, and compiling a model's
+initialisers costs more than its forward pass. Full-size parameter counts and layer layouts are
+in test_model_architectures.py.
+"""
 
 import functools
+import math
 
+import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
+from conftest import mesh_of, tiny_config
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from cifar_jax import config as config_lib
+from cifar_jax import models
 from cifar_jax.errors import UserError
-from cifar_jax.models import MODELS, config_fields, count_params, create_model
+from cifar_jax.models import MODELS, TINY, config_fields, create_model
+from cifar_jax.training import setup
 
-# Small width and images keep the forward passes fast; the architecture is the same.
-WIDTH = 8
-IMAGE_SHAPE = (16, 16, 3)
+NAMES = sorted(MODELS)
+NUM_CLASSES = 10
+BATCH = 16  # bfloat16 errors in train mode grow as BatchNorm's batches shrink.
+FAST_COMPILE = {'xla_backend_optimization_level': 0}
+
+# Each regulariser config field at a value that makes train mode visibly random.
+REGULARISERS = {'dropout': True, 'dropout_rate': 0.2, 'attention_dropout_rate': 0.1,
+                'stochastic_depth_rate': 0.2, 'drop_connect_rate': 0.2}
+
+
+@pytest.fixture(autouse=True)
+def _fast_prng_compilation():
+  # XLA:CPU compiles JAX's default (partitionable) threefry several times slower than the
+  # classic one, which matters for the random initialisers and dropout masks compiled here.
+  # The tests need random numbers, not particular ones.
+  with jax.threefry_partitionable(False):
+    yield
+
+
+def _tiny(name, **fields):
+  return TINY[name](num_classes=NUM_CLASSES, **fields)
+
+
+def _regularisers(name):
+  """The config fields that turn on every regulariser model `name` has."""
+  return {field: value for field, value in REGULARISERS.items() if field in config_fields(name)}
 
 
 def _images(batch, seed=0):
-  return jax.random.normal(jax.random.key(seed), (batch, *IMAGE_SHAPE))
+  return np.random.default_rng(seed).normal(size=(batch, 32, 32, 3)).astype(np.float32)
 
 
-def _init(model, batch=2):
-  # Op by op on purpose: the compiled ops are cached across models with the same layer shapes,
-  # which on CPU is much faster than compiling each model's whole init.
-  return model.init(jax.random.key(0), _images(batch), train=False)
+def _abstract_variables(model):
+  return jax.eval_shape(lambda: model.init(jax.random.key(0), _images(1), train=False))
 
 
-@functools.partial(jax.jit, static_argnames=('model', 'train'))
-def _apply(model, variables, x, *, train):
-  """Forward pass returning (logits, batch_stats after the pass)."""
-  logits, updates = model.apply(variables, x, train=train, mutable=['batch_stats'])
-  return logits, updates['batch_stats']
+def _random_variables(model, seed=0):
+  """Random parameters and BatchNorm statistics for `model`, drawn on the host.
+
+  Unlike a fresh init, the head is not zero (so logits depend on the whole network) and the
+  running statistics are not the identity (so eval mode uses them).
+  """
+  rng = np.random.default_rng(seed)
+
+  def draw(path, leaf):
+    name = path[-1].key
+    if name == 'kernel':  # He-normal, so activations keep their scale through ReLUs.
+      values = rng.normal(scale=math.sqrt(2 / math.prod(leaf.shape[:-1])), size=leaf.shape)
+    elif name in ('scale', 'var'):
+      values = rng.uniform(0.5, 1.5, size=leaf.shape)
+    else:  # Biases, running means, ViT's class token and position embedding.
+      values = rng.normal(scale=0.1, size=leaf.shape)
+    return values.astype(np.float32)
+
+  return jax.tree_util.tree_map_with_path(draw, _abstract_variables(model))
 
 
-def _with_random_head(variables, seed=1):
-  """Replaces the zero-initialised head so logits depend on the whole network."""
-  head = variables['params']['head']
-  kernel = jax.random.normal(jax.random.key(seed), head['kernel'].shape) * 0.1
-  params = {**variables['params'], 'head': {**head, 'kernel': kernel}}
-  return {**variables, 'params': params}
+@functools.partial(jax.jit, static_argnames='model', compiler_options=FAST_COMPILE)
+def _init(model, images):
+  return model.init(jax.random.key(0), images, train=False)
 
 
-# The other families are tested in test_model_zoo.py and test_model_zoo_2.py.
-@pytest.mark.parametrize('name', sorted(n for n in MODELS if n.startswith('resnet')))
-def test_output_shapes_and_dtypes(name):
-  model = create_model(name, num_classes=10, width=WIDTH)
-  variables = _init(model)
-  for train in (False, True):
-    logits, stats = _apply(model, variables, _images(2), train=train)
-    assert logits.shape == (2, 10)
-    assert logits.dtype == jnp.float32
-    # The zero head predicts uniformly at initialisation.
-    np.testing.assert_array_equal(logits, 0.0)
-    assert jax.tree.structure(stats) == jax.tree.structure(variables['batch_stats'])
+@functools.partial(jax.jit, static_argnames='model', compiler_options=FAST_COMPILE)
+def _outputs(model, variables, images):
+  """Eval mode's (logits, BatchNorm statistics after the pass), then train mode's.
+
+  Called as the eval and train steps call the model: eval mode gets no dropout rng. Train mode
+  runs under dropout keys 1 and 2, stacked: its logits are [2, B, classes].
+  """
+  def train_pass(key):
+    logits, updates = model.apply(variables, images, train=True, mutable=['batch_stats'],
+                                  rngs={'dropout': key})
+    return logits, updates.get('batch_stats', {})
+
+  logits, updates = model.apply(variables, images, train=False, mutable=['batch_stats'])
+  keys = jnp.stack([jax.random.key(1), jax.random.key(2)])
+  return (logits, updates.get('batch_stats', {})), jax.vmap(train_pass)(keys)
 
 
-@pytest.mark.parametrize('name,expected', [
-    ('resnet18', 11_173_962),
-    ('resnet34', 21_282_122),
-    ('resnet50', 23_520_842),
-])
-def test_param_counts(name, expected):
-  model = create_model(name, num_classes=10)
-  variables = jax.eval_shape(
-      lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
-  assert count_params(variables['params']) == expected
+@functools.partial(jax.jit, static_argnames='model', compiler_options=FAST_COMPILE)
+def _gradients(model, variables, images, labels):
+  """Gradients of the train-mode cross-entropy with respect to the parameters."""
+  def loss_fn(params):
+    logits, _ = model.apply({**variables, 'params': params}, images, train=True,
+                            mutable=['batch_stats'], rngs={'dropout': jax.random.key(1)})
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+  return jax.grad(loss_fn)(variables['params'])
 
 
-def test_named_submodules():
-  model = create_model('resnet18', num_classes=10, width=WIDTH)
-  params = _init(model)['params']
-  assert {'stem_conv', 'stem_bn', 'stage1_block0', 'stage4_block1', 'head'} <= params.keys()
-  assert {'proj_conv', 'proj_bn'} <= params['stage2_block0'].keys()
-  assert 'proj_conv' not in params['stage1_block0']
+def _first(tree):
+  """The entries of a tree stacked over two dropout keys, under the first key."""
+  return jax.tree.map(lambda x: x[0], tree)
+
+
+# The registry.
 
 
 def test_unknown_model_name():
@@ -87,11 +138,8 @@ def test_unknown_config_field():
   # Fields fixed by the family entry are not config fields.
   with pytest.raises(UserError, match='stage_sizes'):
     create_model('resnet18', num_classes=10, stage_sizes=(1, 1, 1, 1))
-  assert config_fields('resnet50') == ['width', 'stem', 'frozen_batch_stats', 'dtype',
-                                       'bn_momentum', 'bn_epsilon', 'conv_bias']
-  # The Keras variant binds what its weights file fixes.
-  assert config_fields('resnet50_keras') == ['width', 'stem', 'frozen_batch_stats', 'dtype',
-                                             'bn_momentum']
+  with pytest.raises(UserError, match="'depth'"):
+    create_model('wrn16_8', num_classes=10, depth=28)
 
 
 def test_unknown_dtype():
@@ -99,55 +147,209 @@ def test_unknown_dtype():
     create_model('resnet18', num_classes=10, dtype='float16')
 
 
-def test_bfloat16_close_to_float32():
-  f32 = create_model('resnet18', num_classes=10, width=WIDTH)
-  bf16 = create_model('resnet18', num_classes=10, width=WIDTH, dtype='bfloat16')
-  variables = _with_random_head(_init(f32, batch=8))
-  x = _images(8, seed=2)
-  expected, _ = _apply(f32, variables, x, train=True)
-  actual, stats = _apply(bf16, variables, x, train=True)
-  assert actual.dtype == jnp.float32
-  # Parameters and BatchNorm statistics stay float32 in a bfloat16 model.
-  bf16_params = jax.eval_shape(lambda: _init(bf16))['params']
-  for leaf in jax.tree.leaves([bf16_params, stats]):
+@pytest.mark.parametrize('name,fields', [
+    ('resnet50', ['width', 'stem', 'frozen_batch_stats', 'dtype', 'bn_momentum', 'bn_epsilon',
+                  'conv_bias']),
+    # The Keras variant binds what its weights file fixes.
+    ('resnet50_keras', ['width', 'stem', 'frozen_batch_stats', 'dtype', 'bn_momentum']),
+    # The aliases fix depth and widening.
+    ('wrn16_8', ['dropout_rate', 'width', 'dtype', 'bn_momentum']),
+    ('vit_b16', ['dropout_rate', 'attention_dropout_rate', 'stochastic_depth_rate', 'classifier',
+                 'representation_size', 'dtype']),
+    ('vit_tiny_p4', ['dropout_rate', 'attention_dropout_rate', 'stochastic_depth_rate',
+                     'classifier', 'representation_size', 'dtype']),
+    ('efficientnet_b0', ['dropout_rate', 'drop_connect_rate', 'se_ratio', 'dtype',
+                         'bn_momentum']),
+    ('xception', ['width', 'middle_blocks', 'dropout_rate', 'dtype', 'bn_momentum']),
+])
+def test_config_fields(name, fields):
+  assert config_fields(name) == fields
+
+
+def test_create_model_converts_the_dtype_and_keeps_the_variant():
+  model = create_model('vit_b32', num_classes=10, dtype='bfloat16', classifier='gap')
+  assert (model.patch_size, model.hidden_size, model.dtype, model.classifier) == (
+      32, 768, jnp.bfloat16, 'gap')
+
+
+@pytest.mark.parametrize('depth', [4, 20, 29])
+def test_wide_resnet_depth_must_be_6n_plus_4(depth):
+  with pytest.raises(UserError, match=f'6n \\+ 4.*got {depth}'):
+    create_model('wide_resnet', num_classes=10, depth=depth)
+
+
+def test_every_model_has_a_tiny_variant_of_its_class():
+  def module_class(constructor):
+    while isinstance(constructor, functools.partial):
+      constructor = constructor.func
+    return constructor
+
+  assert TINY.keys() == MODELS.keys()
+  for name in MODELS:
+    assert module_class(TINY[name]) is module_class(MODELS[name]), name
+
+
+# Every model, through its tiny variant.
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_initialises_and_trains(name):
+  # With every regulariser on, and on the same inputs as the next tests, which then reuse these
+  # compilations.
+  model = _tiny(name, **_regularisers(name))
+  images = _images(BATCH)
+  variables = jax.device_get(_init(model, images))
+  for leaf in jax.tree.leaves(variables):
     assert leaf.dtype == jnp.float32
-  # bfloat16 keeps ~3 significant digits; errors grow somewhat over 18 layers.
-  scale = np.abs(expected).max()
-  np.testing.assert_allclose(actual, expected, atol=0.05 * scale)
+  (eval_logits, eval_stats), (train_logits, train_stats) = _outputs(model, variables, images)
+  for logits in (eval_logits, train_logits[0]):
+    assert logits.shape == (BATCH, NUM_CLASSES) and logits.dtype == jnp.float32
+  # The zero head predicts uniformly at initialisation.
+  np.testing.assert_array_equal(eval_logits, 0.0)
+
+  # Eval mode keeps the running averages; train mode moves every BatchNorm's. (A mean may stay
+  # zero: a bias-free linear layer after a BatchNorm passes its zero mean on.)
+  stats = flax.traverse_util.flatten_dict(variables.get('batch_stats', {}))
+  eval_stats = flax.traverse_util.flatten_dict(eval_stats)
+  train_stats = flax.traverse_util.flatten_dict(_first(train_stats))
+  assert eval_stats.keys() == train_stats.keys() == stats.keys()
+  for key, value in stats.items():
+    np.testing.assert_array_equal(eval_stats[key], value)
+    if key[-1] == 'var':
+      assert not np.allclose(train_stats[key], value), key
+
+  # The loss depends on every layer: with a random head, every kernel has a gradient.
+  grads = _gradients(model, _random_variables(model), images, np.arange(BATCH) % NUM_CLASSES)
+  for path, grad in jax.tree_util.tree_flatten_with_path(grads)[0]:
+    assert np.all(np.isfinite(grad)), jax.tree_util.keystr(path)
+    if path[-1].key == 'kernel':
+      assert np.any(grad != 0), jax.tree_util.keystr(path)
 
 
-def test_batch_stats_update_only_in_train_mode():
-  model = create_model('resnet18', num_classes=10, width=WIDTH)
-  variables = _init(model, batch=4)
-  x = _images(4, seed=3)
-  _, eval_stats = _apply(model, variables, x, train=False)
-  jax.tree.map(np.testing.assert_array_equal, eval_stats, variables['batch_stats'])
-  _, train_stats = _apply(model, variables, x, train=True)
-  for new, old in zip(jax.tree.leaves(train_stats),
-                      jax.tree.leaves(variables['batch_stats']), strict=True):
-    assert not np.allclose(new, old)
+@pytest.mark.parametrize('name', NAMES)
+def test_bfloat16_close_to_float32(name):
+  # Every regulariser on: the same keys draw the same masks in both dtypes.
+  f32 = _tiny(name, **_regularisers(name))
+  bf16 = f32.clone(dtype=jnp.bfloat16)
+  # Parameters and BatchNorm statistics stay float32 in a bfloat16 model.
+  for leaf in jax.tree.leaves(_abstract_variables(bf16)):
+    assert leaf.dtype == jnp.float32
+  variables = _random_variables(f32)
+  images = _images(BATCH)
+  for (expected, _), (actual, _) in zip(_outputs(f32, variables, images),
+                                        _outputs(bf16, variables, images), strict=True):
+    assert actual.dtype == jnp.float32
+    assert np.all(np.isfinite(expected))
+    assert not np.array_equal(actual, expected)  # It does compute in bfloat16.
+    # bfloat16 keeps ~3 significant digits; errors grow somewhat with depth.
+    np.testing.assert_allclose(actual, expected, atol=0.05 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize('name,fields', [
+    *[(name, _regularisers(name)) for name in NAMES],
+    ('simple_cnn', {'dropout': False}),
+    # Stochastic depth alone.
+    ('vit_tiny_p4', {'stochastic_depth_rate': 0.5}),
+    ('efficientnet_b0', {'dropout_rate': 0.0, 'drop_connect_rate': 0.5}),
+])
+def test_regularisers_act_in_train_mode_only(name, fields):
+  model = _tiny(name, **fields)
+  # Eval mode runs without a dropout rng (see `_outputs`), so it cannot be random.
+  _, (train_logits, _) = _outputs(model, _random_variables(model), _images(BATCH))
+  if any(fields.values()):
+    assert not np.allclose(train_logits[0], train_logits[1], rtol=1e-3, atol=1e-3)
+  else:
+    np.testing.assert_array_equal(train_logits[0], train_logits[1])
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_every_batchnorm_averages_over_the_named_axis(name):
+  axis_names = []
+
+  def record(next_fun, args, kwargs, context):
+    if isinstance(context.module, nn.BatchNorm):
+      axis_names.append(context.module.axis_name)
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(record):
+    variables = _abstract_variables(_tiny(name, bn_axis_name='data'))
+  assert bool(axis_names) == ('batch_stats' in variables)
+  assert set(axis_names) <= {'data'}
 
 
 def test_sharded_batchnorm_matches_single_device():
   """8 devices with 2 examples each compute what 1 device does with all 16."""
-  single = create_model('resnet18', num_classes=10, width=WIDTH)
-  sharded = create_model('resnet18', num_classes=10, width=WIDTH, bn_axis_name='data')
-  variables = _with_random_head(_init(single))
-  x = _images(16, seed=4)
+  single = _tiny('resnet18')
+  sharded = _tiny('resnet18', bn_axis_name='data')
+  variables = _random_variables(single)
+  images = _images(BATCH)
+  expected_logits, expected_stats = _first(_outputs(single, variables, images)[1])
 
-  expected_logits, expected_stats = _apply(single, variables, x, train=True)
+  def train_pass(model):
+    def run(variables, images):
+      logits, updates = model.apply(variables, images, train=True, mutable=['batch_stats'])
+      return logits, updates['batch_stats']
+    return run
 
   mesh = jax.make_mesh((8,), ('data',))
   variables = jax.device_put(variables, NamedSharding(mesh, P()))
-  x = jax.device_put(x, NamedSharding(mesh, P('data')))
-  step = jax.shard_map(functools.partial(_apply, sharded, train=True), mesh=mesh,
-                       in_specs=(P(), P('data')), out_specs=(P('data'), P()))
-  logits, stats = jax.jit(step)(variables, x)
+  images = jax.device_put(images, NamedSharding(mesh, P('data')))
+  step = jax.shard_map(train_pass(sharded), mesh=mesh, in_specs=(P(), P('data')),
+                       out_specs=(P('data'), P()))
+  logits, stats = jax.jit(step, compiler_options=FAST_COMPILE)(variables, images)
 
   np.testing.assert_allclose(logits, expected_logits, rtol=1e-4, atol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
                stats, expected_stats)
   # Without the axis name each device would normalise by its own 2 examples.
-  local = jax.shard_map(lambda v, x: _apply(single, v, x, train=True)[0], mesh=mesh,
+  local = jax.shard_map(lambda *args: train_pass(single)(*args)[0], mesh=mesh,
                         in_specs=(P(), P('data')), out_specs=P('data'))
-  assert not np.allclose(jax.jit(local)(variables, x), expected_logits, atol=1e-3)
+  local_logits = jax.jit(local, compiler_options=FAST_COMPILE)(variables, images)
+  assert not np.allclose(local_logits, expected_logits, atol=1e-3)
+
+
+def test_vit_starts_from_the_original_initialisation():
+  # The same call as in test_initialises_and_trains, so the compilation is shared.
+  model = _tiny('vit_tiny_p4', **_regularisers('vit_tiny_p4'))
+  params = _init(model, _images(BATCH))['params']
+  # Zero head and class token; position embedding with standard deviation 0.02.
+  for leaf in (params['head']['kernel'], params['head']['bias'], params['cls']):
+    np.testing.assert_array_equal(leaf, 0.0)
+  assert np.std(params['Transformer']['posembed_input']['pos_embedding']) == pytest.approx(
+      0.02, rel=0.1)
+  # Near-zero Dense biases; Xavier-uniform kernels, bounded by sqrt(6 / (fan_in + fan_out)).
+  dense = params['Transformer']['encoderblock_0']['MlpBlock_3']['Dense_0']
+  assert np.abs(dense['bias']).max() < 1e-4
+  assert np.abs(dense['kernel']).max() <= math.sqrt(6 / sum(dense['kernel'].shape))
+
+
+# Through the train loop.
+
+
+@pytest.mark.parametrize('name,fields', [
+    # BatchNorm.
+    ('vgg11', {'dtype': 'float32'}),
+    # BatchNorm and dropout, computing in bfloat16.
+    ('wide_resnet', {'dropout_rate': 0.3, 'dtype': 'bfloat16'}),
+    # No BatchNorm; dropout and stochastic depth.
+    ('vit_tiny_p4', {'dropout_rate': 0.1, 'stochastic_depth_rate': 0.1, 'dtype': 'float32'}),
+])
+def test_two_train_steps_on_8_devices(name, fields, monkeypatch):
+  monkeypatch.setitem(models.MODELS, f'tiny_{name}', TINY[name])
+  # Without weight decay, only gradients move the parameters.
+  config = tiny_config(**{'optimizer.weight_decay': 0.0})
+  config.model = config_lib.model_config(f'tiny_{name}', **fields)
+  run = setup.setup(config, mesh_of(8))
+  state = run.new_state()
+  assert bool(state.batch_stats) == (name != 'vit_tiny_p4')  # ViT has no BatchNorm.
+  initial = jax.device_get(state.params)  # The step donates `state`.
+
+  state, totals = run.train_fn(state, run.splits.train_images, run.splits.train_labels,
+                               jnp.int32(2))
+  assert int(state.step) == 2 and int(totals['count']) == 2 * config.batch_size
+  assert np.isfinite(float(totals['loss_sum']))
+  # The first step trains the zero head; the second's gradient reaches every layer through it.
+  trained = jax.tree_util.tree_flatten_with_path(jax.device_get(state.params))[0]
+  for (path, new), old in zip(trained, jax.tree.leaves(initial), strict=True):
+    if path[-1].key == 'kernel':
+      assert not np.allclose(new, old), jax.tree_util.keystr(path)

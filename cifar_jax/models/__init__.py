@@ -1,8 +1,9 @@
 """Model registry: names to module constructors, and construction from config values.
 
-Adding a model family means writing its module file and adding its entries to `MODELS`. An entry
-is a flax module class or a `functools.partial` of one; the fields it leaves unbound (apart from
-`num_classes` and `bn_axis_name`) are the family's config fields.
+Adding a model family means writing its module file and adding its entries to `MODELS` and
+`TINY`. An entry is a flax module class or a `functools.partial` of one; the fields it leaves
+unbound (apart from `num_classes` and `bn_axis_name`) are the family's config fields. The fields
+every family shares are documented in `layers`.
 """
 
 import dataclasses
@@ -49,6 +50,33 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     'vit_l16': vit.ViTL16,
     'efficientnet_b0': efficientnet.EfficientNetB0,
     'xception': xception.Xception,
+}
+
+# A tiny variant of each registered model, for tests: the same module class at a few channels
+# and blocks, so it compiles in seconds on CPU. It accepts the model's config fields too, as
+# keyword arguments (dtype as a jnp type); models that differ only in size share one.
+TINY: dict[str, Callable[..., nn.Module]] = {
+    'resnet10': resnet.TinyResNet,
+    'resnet18': resnet.TinyResNet,
+    'resnet34': resnet.TinyResNet,
+    'resnet50': resnet.TinyResNet50,
+    'resnet50_keras': resnet.TinyResNet50Keras,
+    'simple_cnn': simple_cnn.TinySimpleCNN,
+    'vgg11': vgg.TinyVGG,
+    'vgg13': vgg.TinyVGG,
+    'vgg16': vgg.TinyVGG,
+    'vgg19': vgg.TinyVGG,
+    'preact_resnet18': preact_resnet.TinyPreActResNet,
+    'wide_resnet': wide_resnet.TinyWideResNet,
+    'wrn16_8': wide_resnet.TinyWideResNet,
+    'wrn28_10': wide_resnet.TinyWideResNet,
+    'vit_tiny_p4': vit.TinyViT,
+    'vit_small_p4': vit.TinyViT,
+    'vit_b16': vit.TinyViT,
+    'vit_b32': vit.TinyViT,
+    'vit_l16': vit.TinyViT,
+    'efficientnet_b0': efficientnet.TinyEfficientNet,
+    'xception': xception.TinyXception,
 }
 
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}

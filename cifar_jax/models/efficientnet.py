@@ -190,3 +190,13 @@ class EfficientNet(nn.Module):
 
 EfficientNetB0 = functools.partial(EfficientNet, stages=B0_STAGES, stem_features=32,
                                    head_features=1280)
+
+
+# Tiny variant for tests: a block without expansion, a stride-2 block with a 5x5 kernel and a
+# residual block, at a few channels, so it compiles in seconds on CPU.
+TINY_STAGES = (
+    Stage(expand_ratio=1, features=8, repeats=1, strides=1, kernel_size=3),
+    Stage(expand_ratio=6, features=16, repeats=2, strides=2, kernel_size=5),
+)
+TinyEfficientNet = functools.partial(EfficientNet, stages=TINY_STAGES, stem_features=8,
+                                     head_features=32)

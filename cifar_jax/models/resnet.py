@@ -165,3 +165,9 @@ ResNet50Keras = functools.partial(
     ResNet, stage_sizes=(3, 4, 6, 3),
     block_cls=functools.partial(BottleneckBlock, stride_in_1x1=True), conv_bias=True,
     bn_epsilon=1.001e-5)
+
+# Tiny variants for tests: one block a stage and 4 channels, each block as its full-size variants
+# have it, so they compile in seconds on CPU.
+TinyResNet = functools.partial(ResNet10, width=4)
+TinyResNet50 = functools.partial(ResNet50, stage_sizes=(1, 1, 1, 1), width=4)
+TinyResNet50Keras = functools.partial(ResNet50Keras, stage_sizes=(1, 1, 1, 1), width=4)

@@ -72,3 +72,7 @@ class SimpleCNN(nn.Module):
     x = norm(name='dense_bn')(nn.relu(x))
     x = nn.Dropout(_DENSE_DROPOUT, deterministic=deterministic)(x)
     return layers.zero_head(self, x)
+
+
+# Tiny variant for tests: 4 and 8 filters, so it compiles in seconds on CPU.
+TinySimpleCNN = functools.partial(SimpleCNN, width=4)

@@ -69,3 +69,6 @@ VGG11 = functools.partial(VGG, block_sizes=(1, 1, 2, 2, 2))
 VGG13 = functools.partial(VGG, block_sizes=(2, 2, 2, 2, 2))
 VGG16 = functools.partial(VGG, block_sizes=(2, 2, 3, 3, 3))
 VGG19 = functools.partial(VGG, block_sizes=(2, 2, 4, 4, 4))
+
+# Tiny variant for tests: one convolution a block and 4 channels, so it compiles in seconds on CPU.
+TinyVGG = functools.partial(VGG, block_sizes=(1, 1, 1, 1, 1), width=4)

@@ -233,3 +233,9 @@ ViTB32 = functools.partial(VisionTransformer, patch_size=32, hidden_size=768, nu
                            num_heads=12, mlp_dim=3072)
 ViTL16 = functools.partial(VisionTransformer, patch_size=16, hidden_size=1024, num_layers=24,
                            num_heads=16, mlp_dim=4096)
+
+
+# Tiny variant for tests (much smaller than DeiT's Tiny above): two blocks of width 32 with two
+# heads, so it compiles in seconds on CPU.
+TinyViT = functools.partial(VisionTransformer, patch_size=4, hidden_size=32, num_layers=2,
+                            num_heads=2, mlp_dim=64)
