@@ -18,6 +18,7 @@ def test_evaluate_prints_one_json_line(smoke_workdir):
   result = run('cifar_jax.evaluate', f'--workdir={smoke_workdir}', '--checkpoint=latest')
   assert result.returncode == 0, result.stderr[-3000:]
   (line,) = result.stdout.strip().splitlines()
+  assert 'read only' not in result.stderr and 'read_only' not in result.stderr  # No notices.
   metrics = json.loads(line)
   assert metrics['checkpoint_step'] == 24 and metrics['num_examples'] == 256
   assert set(metrics['per_class_accuracy']) >= {'airplane', 'truck'}

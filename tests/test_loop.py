@@ -17,17 +17,21 @@ from cifar_jax.training.checkpoint import Checkpoints
 from cifar_jax.training.metrics import CompilationCounter
 
 
-@pytest.mark.parametrize('hem_mode,steps_per_call', [('topk', 3), ('off', 1)])
-def test_steps_on_8_devices_equal_the_same_global_batches_on_1(hem_mode, steps_per_call):
+# The suite draws with the classic threefry (see conftest.py); one case uses JAX's default.
+@pytest.mark.parametrize('hem_mode,steps_per_call,partitionable', [('topk', 3, True),
+                                                                  ('off', 1, False)])
+def test_steps_on_8_devices_equal_the_same_global_batches_on_1(hem_mode, steps_per_call,
+                                                               partitionable):
   config = tiny_config(**{'hem.mode': hem_mode, 'augment.cutout_size': 8,
                           'steps_per_call': steps_per_call})
   results = []
   for num_devices in (1, 8):
-    run = setup.setup(config, mesh_of(num_devices))
-    state, splits = run.new_state(), run.splits
-    for stop_step in range(steps_per_call, 4, steps_per_call):  # Three steps in all.
-      state, totals = run.train_fn(state, splits.train_images, splits.train_labels,
-                                   jnp.int32(stop_step))
+    with jax.threefry_partitionable(partitionable):
+      run = setup.setup(config, mesh_of(num_devices))
+      state, splits = run.new_state(), run.splits
+      for stop_step in range(steps_per_call, 4, steps_per_call):  # Three steps in all.
+        state, totals = run.train_fn(state, splits.train_images, splits.train_labels,
+                                     jnp.int32(stop_step))
     results.append((jax.device_get(state), jax.device_get(totals)))
   (one, one_totals), (eight, eight_totals) = results
   assert int(one.step) == int(eight.step) == 3
@@ -155,6 +159,14 @@ def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   with pytest.raises(UserError, match='loss became'):
     loop.train_and_evaluate(config, str(tmp_path))
   assert Checkpoints(str(tmp_path), read_only=True).all_steps() == [8]
+
+
+def test_a_run_diverging_before_its_first_checkpoint_says_so(tmp_path):
+  checkpoints = Checkpoints(str(tmp_path))
+  with pytest.raises(UserError, match='between steps 0 and 3; .*no checkpoint had been saved'):
+    loop.check_finite({'loss_sum': np.nan}, 0, 3, checkpoints)
+  loop.check_finite({'loss_sum': 1.5}, 0, 3, checkpoints)  # A finite loss passes.
+  checkpoints.close()
 
 
 def test_batch_that_does_not_divide_across_devices_is_a_clear_error(tmp_path):

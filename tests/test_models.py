@@ -39,15 +39,6 @@ REGULARISERS = {'dropout': True, 'dropout_rate': 0.2, 'attention_dropout_rate': 
                 'stochastic_depth_rate': 0.2, 'drop_connect_rate': 0.2}
 
 
-@pytest.fixture(autouse=True)
-def _fast_prng_compilation():
-  # XLA:CPU compiles JAX's default (partitionable) threefry several times slower than the
-  # classic one, which matters for the random initialisers and dropout masks compiled here.
-  # The tests need random numbers, not particular ones.
-  with jax.threefry_partitionable(False):
-    yield
-
-
 def _tiny(name, **fields):
   return TINY[name](num_classes=NUM_CLASSES, **fields)
 

@@ -107,7 +107,7 @@ def test_two_processes_of_four_devices_train_as_one_of_eight(tmp_path):
 
 def test_sigterm_to_one_process_stops_both_at_the_same_saved_step(tmp_path):
   workdir = tmp_path / 'preempted'
-  flags = ['--config.num_epochs=12']  # 96 steps.
+  flags = ['--config.num_epochs=4']  # 32 steps.
   processes = start(workdir, 2, 4, *flags)
   wait_for_first_evaluation(workdir, processes)
   processes[1].send_signal(signal.SIGTERM)  # Process 0 is not signalled.
@@ -115,28 +115,28 @@ def test_sigterm_to_one_process_stops_both_at_the_same_saved_step(tmp_path):
   assert all('preempted: saved step' in err for err in errors)
   step = int(errors[0].split('preempted: saved step ')[1].split()[0])
   assert step == int(errors[1].split('preempted: saved step ')[1].split()[0])
-  assert 8 <= step < 96
+  assert 8 <= step < 32
   assert latest_params(workdir)[0] == step
 
   finish(start(workdir, 2, 4, *flags))  # The same command finishes the run.
-  assert latest_params(workdir)[0] == 96
+  assert latest_params(workdir)[0] == 32
 
 
 def test_sigterm_mid_epoch_saves_and_the_relaunch_ends_as_uninterrupted(tmp_path):
   workdir = tmp_path / 'preempted'
-  flags = ['--config.num_epochs=12']  # 96 steps, 8 an epoch.
+  flags = ['--config.num_epochs=4']  # 32 steps, 8 an epoch.
   processes = start(workdir, 1, 8, *flags)
   wait_for_first_evaluation(workdir, processes)
   processes[0].send_signal(signal.SIGTERM)
   (error,) = finish(processes)
   assert 'preempted: saved step' in error and 'Traceback' not in error
   stopped_at = latest_params(workdir)[0]
-  assert 8 <= stopped_at < 96
+  assert 8 <= stopped_at < 32
 
   finish(start(workdir, 1, 8, *flags))
   step, params = latest_params(workdir)
-  uninterrupted = reference_run(tmp_path / 'uninterrupted', num_epochs=12)
-  assert step == 96
+  uninterrupted = reference_run(tmp_path / 'uninterrupted', num_epochs=4)
+  assert step == 32
   assert_trees_close(params, jax.device_get(uninterrupted.params))
 
 

@@ -147,6 +147,7 @@ def test_compare_tabulates_finished_and_interrupted_runs(smoke_workdir, tmp_path
       max(r['test_accuracy'] for r in records))
   assert float(partial['final_test_accuracy']) == pytest.approx(records[0]['test_accuracy'])
   assert finished['hem_mode'] == 'off'
+  assert finished['dataset'] == 'cifar10' and finished['source'] == 'synthetic'
   with Image.open(out / 'accuracy.png') as image:
     assert image.format == 'PNG' and image.size == (500, 450)
 
@@ -161,3 +162,13 @@ def test_cifar100_report_groups_the_confusion_by_superclass(tmp_path):
     assert image.size == (1100, 1100)  # 20 superclasses, not 100 classes.
   text = open(path).read()
   assert 'Most-confused classes' in text
+
+
+def test_prediction_grid_samples_every_class_of_a_split_sorted_by_class():
+  # 10 classes of 100 images, stored class by class, a third predicted wrong.
+  labels = np.repeat(np.arange(10), 100)
+  correct = np.arange(1000) % 3 != 0
+  shown = report.grid_sample(correct)
+  assert len(shown) == report.GRID_IMAGES == len(set(shown))
+  assert np.sum(~correct[shown]) == report.GRID_IMAGES // 2  # Half wrong.
+  assert len(set(labels[shown])) >= 8  # The first 32 of the split would all be class 0.

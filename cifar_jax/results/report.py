@@ -60,7 +60,7 @@ def analyse(trained: restore.Trained, host_splits: dict, split: str = 'test') ->
   }
 
 
-def _grid_sample(correct: np.ndarray) -> np.ndarray:
+def grid_sample(correct: np.ndarray) -> np.ndarray:
   """Up to GRID_IMAGES indices, half right and half wrong where there are enough of each.
 
   Drawn from a fixed random order, so a split stored class by class shows all its classes.
@@ -109,7 +109,7 @@ def write(workdir: str, trained: restore.Trained, analysis: dict) -> str:
   figures['per_class_accuracy'] = plots.per_class_accuracy(
       analysis['per_class_accuracy'], names, os.path.join(out, 'per_class_accuracy.png'))
   correct = analysis['predictions'] == analysis['labels']
-  shown = _grid_sample(correct)
+  shown = grid_sample(correct)
   figures['test_predictions'] = plots.image_grid(
       analysis['images'][shown],
       [f'{names[analysis["predictions"][i]]}\n(true: {names[analysis["labels"][i]]})'
