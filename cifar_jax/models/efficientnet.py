@@ -151,17 +151,7 @@ class EfficientNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, *, train: bool):
-    """Computes class logits.
-
-    Args:
-      x: Normalised images, float [B, H, W, C].
-      train: Whether to normalise with batch statistics and update the running averages
-        (requires `mutable=['batch_stats']`) and apply dropout and stochastic depth (they need a
-        'dropout' rng), instead of using the running averages and keeping every branch.
-
-    Returns:
-      float32 logits [B, num_classes].
-    """
+    """Class logits of normalised images, as every family computes them (see `layers`)."""
     # 'SAME' padding as in the TensorFlow original, whose checkpoints assume it.
     conv = layers.conv(self, use_bias=False, padding='SAME')
     # The reference's epsilon, so that reference weights normalise as they were trained to.

@@ -8,6 +8,12 @@ order), and they mean the same in each:
     `shard_map`ped step over that axis matches a single-device step on the global batch.
     None normalises each device's examples on their own.
   bn_momentum: Decay of the BatchNorm running averages (0.9 equals PyTorch's momentum=0.1).
+
+Every family's `__call__(x, *, train)` takes normalised images, float [B, H, W, C], and returns
+float32 logits [B, num_classes]. With `train=True` it normalises with batch statistics and
+updates the running averages (apply it with `mutable=['batch_stats']`) and applies dropout and
+stochastic depth where the family has them (they need a 'dropout' rng); with `train=False` it
+uses the running averages and keeps every unit.
 """
 import functools
 from collections.abc import Callable

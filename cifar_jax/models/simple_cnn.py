@@ -41,16 +41,7 @@ class SimpleCNN(nn.Module):
 
   @nn.compact
   def __call__(self, x, *, train: bool):
-    """Computes class logits.
-
-    Args:
-      x: Normalised images, float [B, H, W, C].
-      train: Whether to drop activations (if `dropout`) and to normalise with batch statistics
-        and update the running averages (requires `mutable=['batch_stats']`).
-
-    Returns:
-      float32 logits [B, num_classes].
-    """
+    """Class logits of normalised images, as every family computes them (see `layers`)."""
     conv = functools.partial(nn.Conv, kernel_size=(3, 3), padding=layers.PAD_3X3,
                              kernel_init=nn.initializers.he_uniform(), dtype=self.dtype,
                              param_dtype=jnp.float32)

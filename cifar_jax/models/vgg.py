@@ -38,16 +38,7 @@ class VGG(nn.Module):
 
   @nn.compact
   def __call__(self, x, *, train: bool):
-    """Computes class logits.
-
-    Args:
-      x: Normalised images, float [B, H, W, C].
-      train: Whether to normalise with batch statistics and update the running averages
-        (requires `mutable=['batch_stats']`) instead of using the running averages.
-
-    Returns:
-      float32 logits [B, num_classes].
-    """
+    """Class logits of normalised images, as every family computes them (see `layers`)."""
     conv = layers.conv(self, kernel_size=(3, 3), padding=layers.PAD_3X3)
     norm = layers.batch_norm(self, train=train)
 

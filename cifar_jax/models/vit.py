@@ -184,14 +184,8 @@ class VisionTransformer(nn.Module):
 
   @nn.compact
   def __call__(self, x, *, train: bool):
-    """Computes class logits.
-
-    Args:
-      x: Normalised images, float [B, H, W, C]; H and W multiples of `patch_size`.
-      train: Whether dropout and stochastic depth are active (they need a 'dropout' rng).
-
-    Returns:
-      float32 logits [B, num_classes].
+    """Class logits of normalised images whose sides are multiples of `patch_size`, as every
+    family computes them (see `layers`).
 
     Raises:
       ValueError: for an unknown `classifier`.

@@ -47,16 +47,7 @@ class WideResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, *, train: bool):
-    """Computes class logits.
-
-    Args:
-      x: Normalised images, float [B, H, W, C].
-      train: Whether to drop activations (if `dropout_rate` > 0) and to normalise with batch
-        statistics and update the running averages (requires `mutable=['batch_stats']`).
-
-    Returns:
-      float32 logits [B, num_classes].
-    """
+    """Class logits of normalised images, as every family computes them (see `layers`)."""
     conv = layers.conv(self, use_bias=False)
     norm = layers.batch_norm(self, train=train)
     dropout = functools.partial(nn.Dropout, rate=self.dropout_rate, deterministic=not train)

@@ -119,17 +119,7 @@ class Xception(nn.Module):
 
   @nn.compact
   def __call__(self, x, *, train: bool):
-    """Computes class logits.
-
-    Args:
-      x: Normalised images, float [B, H, W, C].
-      train: Whether to normalise with batch statistics and update the running averages
-        (requires `mutable=['batch_stats']`) and apply dropout (it needs a 'dropout' rng),
-        instead of using the running averages and no dropout.
-
-    Returns:
-      float32 logits [B, num_classes].
-    """
+    """Class logits of normalised images, as every family computes them (see `layers`)."""
     conv = layers.conv(self, use_bias=False)
     norm = layers.batch_norm(self, train=train)
     block = functools.partial(DownsamplingBlock, conv=conv, norm=norm)
