@@ -111,3 +111,11 @@ def smoke_workdir(tmp_path_factory):
   # Redirected, the log holds the evaluation lines, not a progress bar's redraws.
   assert '\r' not in result.stderr and 'step 24:' in result.stderr
   return workdir
+
+
+def pytest_collection_modifyitems(items):
+  """With `pytest -n 2 --dist loadgroup`, the tests of `smoke_workdir` share one worker, so the
+  smoke run trains once."""
+  for item in items:
+    if 'smoke_workdir' in getattr(item, 'fixturenames', ()):
+      item.add_marker(pytest.mark.xdist_group('smoke_workdir'))
