@@ -28,6 +28,7 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
 os.environ.setdefault('JAX_THREEFRY_PARTITIONABLE', 'false')
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import Mesh
@@ -49,6 +50,15 @@ def tiny_config(**overrides):
 def random_images(n, size=32, seed=0):
   """uint8 [n, size, size, 3] uniform random images."""
   return np.random.default_rng(seed).integers(0, 256, size=(n, size, size, 3), dtype=np.uint8)
+
+
+def zero_variables(model, size=32):
+  """Zeros of the model's variable shapes, found without compiling its initialisation: enough
+  for the tests that only check which files and shapes a loader refuses."""
+  variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
+                                                jnp.zeros((1, size, size, 3)), train=False))
+  variables = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), variables)
+  return variables['params'], variables.get('batch_stats', {})
 
 
 def mesh_of(num_devices):

@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 import pytest
 import safetensors.numpy
-from conftest import WritesAFileWhenUnpickled, tiny_config
+from conftest import WritesAFileWhenUnpickled, tiny_config, zero_variables
 
 from cifar_jax import config as config_lib
 from cifar_jax import models, pretrained
@@ -41,7 +41,7 @@ def write_vit_npz(path, params):
 def pretrained_vit_params():
   """A "pre-trained" tiny ViT: 1000 classes and a pre_logits layer, at 32x32 (8x8 patches)."""
   model = TINY_VIT(num_classes=1000, representation_size=16)
-  params, _ = init_variables(model, seed=3)
+  params, _ = zero_variables(model)
   # Random values everywhere, so every loaded parameter can be told from a fresh one.
   leaves, treedef = jax.tree.flatten(params)
   rng = np.random.default_rng(0)
@@ -107,7 +107,7 @@ def torchvision_state_dict(model_name, width, seed=0):
   positive variances), and torchvision's BatchNorm counters.
   """
   model = models.create_model(model_name, num_classes=1000, width=width, stem='imagenet')
-  params, batch_stats = init_variables(model, size=64)
+  params, batch_stats = zero_variables(model, size=64)
   rng = np.random.default_rng(seed)
 
   def randomise(path, value):
@@ -181,12 +181,12 @@ def test_a_checkpoint_of_another_architecture_is_refused_naming_the_parameter(
     resnet18_file, model_name, fields, message):
   model = models.create_model(model_name, num_classes=10, **fields)
   with pytest.raises(UserError, match=message):
-    pretrained.load(resnet18_file, model, *init_variables(model))
+    pretrained.load(resnet18_file, model, *zero_variables(model))
 
 
 def test_unreadable_files_are_refused_with_the_reason(tmp_path):
   model = models.create_model('resnet10', num_classes=10, width=4)
-  variables = init_variables(model)
+  variables = zero_variables(model)
   with pytest.raises(UserError, match='no such file'):
     pretrained.load(str(tmp_path / 'missing.safetensors'), model, *variables)
   (tmp_path / 'weights.ckpt').write_bytes(b'x')
@@ -206,7 +206,7 @@ def test_an_npz_with_pickled_objects_is_refused_without_running_them(tmp_path):
   np.savez(path, payload=np.array([WritesAFileWhenUnpickled(str(marker))], dtype=object))
   model = TINY_VIT(num_classes=10)
   with pytest.raises(UserError, match='could not read .*evil.npz.*pickle'):
-    pretrained.load(path, model, *init_variables(model))
+    pretrained.load(path, model, *zero_variables(model))
   assert not marker.exists()
 
 

@@ -6,11 +6,10 @@ layout, loaded with `cifar_jax.pretrained`, and the flax model's logits are comp
 PyTorch's on the same images. Skipped when PyTorch is not installed.
 """
 import h5py
-import jax
 import numpy as np
 import pytest
 import safetensors.numpy
-from conftest import WritesAFileWhenUnpickled
+from conftest import WritesAFileWhenUnpickled, zero_variables
 
 from cifar_jax import models, pretrained
 from cifar_jax.errors import UserError
@@ -113,12 +112,6 @@ def assert_same_logits(torch_net, flax_model, params, batch_stats):
   np.testing.assert_allclose(np.asarray(got), expected, rtol=2e-4, atol=2e-4)
 
 
-def fresh_variables(model):
-  variables = jax.jit(lambda: model.init(jax.random.PRNGKey(1), np.zeros((1, 64, 64, 3)),
-                                         train=False))()
-  return jax.device_get(variables['params']), jax.device_get(variables['batch_stats'])
-
-
 def state_dict_arrays(net):
   return {name: tensor.numpy() for name, tensor in net.state_dict().items()}
 
@@ -130,7 +123,7 @@ def test_torchvision_resnet18_from_safetensors_gives_pytorchs_logits(tmp_path):
   safetensors.numpy.save_file(state_dict_arrays(net), path)
 
   model = models.create_model('resnet18', num_classes=10, stem='imagenet')
-  params, batch_stats, notes = pretrained.load(path, model, *fresh_variables(model))
+  params, batch_stats, notes = pretrained.load(path, model, *zero_variables(model, size=64))
   assert notes == ['left out of the file: bn1.num_batches_tracked, '
                    'layer1.0.bn1.num_batches_tracked, layer1.0.bn2.num_batches_tracked, '
                    'layer1.1.bn1.num_batches_tracked ...']
@@ -145,7 +138,7 @@ def test_torchvision_resnet50_from_pth_gives_pytorchs_logits(tmp_path):
   torch.save({'epoch': 3, 'state_dict': {f'module.{k}': v for k, v in net.state_dict().items()}},
              path)
   model = models.create_model('resnet50', num_classes=7, width=16, stem='imagenet')
-  params, batch_stats, _ = pretrained.load(path, model, *fresh_variables(model))
+  params, batch_stats, _ = pretrained.load(path, model, *zero_variables(model, size=64))
   assert_same_logits(net, model, params, batch_stats)
 
 
@@ -205,14 +198,14 @@ def test_keras_resnet50_h5_gives_the_reference_logits(tmp_path):
   path = str(tmp_path / 'resnet50_weights.h5')
   write_keras_h5(net, path)
   model = models.create_model('resnet50_keras', num_classes=5, width=16, stem='imagenet')
-  params, batch_stats, notes = pretrained.load(path, model, *fresh_variables(model))
+  params, batch_stats, notes = pretrained.load(path, model, *zero_variables(model, size=64))
   assert notes == []
   assert_same_logits(net, model, params, batch_stats)
 
   # The same file does not fit torchvision's ResNet-50, which has no convolution biases.
   torchvision_layout = models.create_model('resnet50', num_classes=5, width=16, stem='imagenet')
   with pytest.raises(UserError, match=r'no place for.*conv1_conv/bias'):
-    pretrained.load(path, torchvision_layout, *fresh_variables(torchvision_layout))
+    pretrained.load(path, torchvision_layout, *zero_variables(torchvision_layout, size=64))
 
 
 
@@ -223,5 +216,5 @@ def test_a_pth_that_would_run_code_is_refused_without_running_it(tmp_path):
              path)
   model = models.create_model('resnet10', num_classes=10, width=4)
   with pytest.raises(UserError, match='could not read .*evil.pth as a PyTorch file'):
-    pretrained.load(path, model, *fresh_variables(model))
+    pretrained.load(path, model, *zero_variables(model, size=64))
   assert not marker.exists()
