@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import assert_trees_close, mesh_of, tiny_config, write_official_cifar100
+from conftest import assert_trees_close, mesh_of, tiny_config
 
 from cifar_jax import workdir
 from cifar_jax.augment import normalize
@@ -172,13 +172,3 @@ def test_a_run_diverging_before_its_first_checkpoint_says_so(tmp_path):
 def test_batch_that_does_not_divide_across_devices_is_a_clear_error(tmp_path):
   with pytest.raises(UserError, match='divide evenly'):
     loop.train_and_evaluate(tiny_config(**{'batch_size': 36}), str(tmp_path))
-
-
-def test_cifar100_from_official_files_trains_and_evaluates(tmp_path):
-  write_official_cifar100(tmp_path)
-  config = tiny_config(**{'dataset.name': 'cifar100', 'dataset.source': 'local',
-                          'dataset.data_dir': str(tmp_path), 'num_epochs': 1})
-  state = loop.train_and_evaluate(config, str(tmp_path / 'workdir'))
-  assert state.params['head']['kernel'].shape[-1] == 100
-  (record,) = workdir.read_metrics(str(tmp_path / 'workdir'))
-  assert record['step'] == 10 and record['test_num_examples'] == 100

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import run_command as run
-from conftest import tiny_config
+from conftest import tiny_config, write_official_cifar100
 from PIL import Image
 
 from cifar_jax import data, models, workdir
@@ -152,13 +152,19 @@ def test_compare_tabulates_finished_and_interrupted_runs(smoke_workdir, tmp_path
     assert image.format == 'PNG' and image.size == (500, 450)
 
 
-def test_cifar100_report_groups_the_confusion_by_superclass(tmp_path):
-  config = tiny_config(**{'dataset.name': 'cifar100', 'max_steps': 2, 'steps_per_call': 1,
-                          'dataset.synthetic_train_size': 400})
-  loop.train_and_evaluate(config, str(tmp_path))
-  path, analysis = report.create(str(tmp_path), 'latest')
+def test_cifar100_from_official_files_trains_and_reports_by_superclass(tmp_path):
+  write_official_cifar100(tmp_path)
+  config = tiny_config(**{'dataset.name': 'cifar100', 'dataset.source': 'local',
+                          'dataset.data_dir': str(tmp_path), 'max_steps': 2,
+                          'steps_per_call': 1})
+  run_dir = tmp_path / 'workdir'
+  state = loop.train_and_evaluate(config, str(run_dir))
+  assert state.params['head']['kernel'].shape[-1] == 100
+  (record,) = workdir.read_metrics(str(run_dir))
+  assert record['step'] == 2 and record['test_num_examples'] == 100
+  path, analysis = report.create(str(run_dir), 'latest')
   assert analysis['confusion'].shape == (100, 100)
-  with Image.open(tmp_path / 'report' / 'confusion_matrix.png') as image:
+  with Image.open(run_dir / 'report' / 'confusion_matrix.png') as image:
     assert image.size == (1100, 1100)  # 20 superclasses, not 100 classes.
   text = open(path).read()
   assert 'Most-confused classes' in text
