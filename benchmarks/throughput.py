@@ -83,8 +83,8 @@ def main(argv):
                                 steps=steps, steps_per_call=call_steps)
 
   fixed_fn = fixed_batch_fn(config, run.model, run.optimizer, mesh, device_loop=call_steps > 1)
-  # The first rows on the mesh (the training split's first rows) as one fixed batch.
-  batch = [sharding.shard_rows(jax.device_get(a)[:config.batch_size], mesh)
+  # The training split's first rows as one fixed batch (only these rows come to the host).
+  batch = [sharding.shard_rows(jax.device_get(a[:config.batch_size]), mesh)
            for a in (splits.train_images, splits.train_labels)]
   fixed_state = run.new_state()
   fixed_state = fixed_fn(fixed_state, *batch, jnp.int32(1))

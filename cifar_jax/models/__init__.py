@@ -117,17 +117,22 @@ def create_model(name: str, *, num_classes: int, bn_axis_name: str | None = None
   Raises:
     UserError: for an unknown model name, config field or dtype.
   """
+  _check_fields(name, kwargs)
+  if 'dtype' in kwargs:
+    kwargs['dtype'] = _DTYPES[kwargs['dtype']]
+  return MODELS[name](num_classes=num_classes, bn_axis_name=bn_axis_name, **kwargs)
+
+
+def _check_fields(name: str, fields) -> None:
+  """Raises a UserError for a field model `name` does not have, or an unknown dtype."""
   accepted = config_fields(name)
-  for field in kwargs:
+  for field in fields:
     if field not in accepted:
       raise UserError(f'model {name!r} has no config field {field!r}; '
                       f'its fields are: {", ".join(accepted)}')
-  if 'dtype' in kwargs:
-    dtype = kwargs['dtype']
-    if not isinstance(dtype, str) or dtype not in _DTYPES:
-      raise UserError(f'unknown model dtype {dtype!r}; choose one of: {", ".join(_DTYPES)}')
-    kwargs['dtype'] = _DTYPES[dtype]
-  return MODELS[name](num_classes=num_classes, bn_axis_name=bn_axis_name, **kwargs)
+  dtype = fields.get('dtype', 'float32')
+  if not isinstance(dtype, str) or dtype not in _DTYPES:
+    raise UserError(f'unknown model dtype {dtype!r}; choose one of: {", ".join(_DTYPES)}')
 
 
 def check_config(model_config) -> None:
@@ -137,11 +142,7 @@ def check_config(model_config) -> None:
                     '--config.model.init_from=PATH (the README says where to download them).')
   if model_config.input_size < 1:
     raise UserError(f'config.model.input_size must be positive, got {model_config.input_size}.')
-  accepted = config_fields(model_config.name)
-  for field in model_config:
-    if field not in MODEL_SETTINGS and field not in accepted:
-      raise UserError(f'model {model_config.name!r} has no config field {field!r}; '
-                      f'its fields are: {", ".join(accepted)}')
+  _check_fields(model_config.name, _family_fields(model_config))
 
 
 def from_config(model_config, num_classes: int, *, bn_axis_name: str | None = None) -> nn.Module:
@@ -151,9 +152,12 @@ def from_config(model_config, num_classes: int, *, bn_axis_name: str | None = No
     UserError: for an unknown model, field or value, or a missing pretrained file.
   """
   check_config(model_config)
-  fields = {k: v for k, v in model_config.items() if k not in MODEL_SETTINGS}
   return create_model(model_config.name, num_classes=num_classes, bn_axis_name=bn_axis_name,
-                      **fields)
+                      **_family_fields(model_config))
+
+
+def _family_fields(model_config) -> dict:
+  return {k: v for k, v in model_config.items() if k not in MODEL_SETTINGS}
 
 
 def count_params(params) -> int:

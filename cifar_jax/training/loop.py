@@ -99,17 +99,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       meter.add(totals, seconds)
       progress.update(stop_step - step)
       step = stop_step
-      learning_rate = float(run.schedule(step - 1) * state.plateau.scale)
-      progress.set_postfix(loss=f'{totals["loss_sum"] / totals["count"]:.3f}',
-                           acc=f'{totals["correct"] / totals["count"]:.3f}',
-                           lr=f'{learning_rate:.3g}', img_s=f'{totals["count"] / seconds:.0f}')
+      if show_progress:  # The rate costs a small device computation and copy: only if shown.
+        progress.set_postfix(loss=f'{totals["loss_sum"] / totals["count"]:.3f}',
+                             acc=f'{totals["correct"] / totals["count"]:.3f}',
+                             lr=f'{learning_rate(run, state, step):.3g}',
+                             img_s=f'{totals["count"] / seconds:.0f}')
       if step % steps_per_epoch == 0 or step == run.total_steps:
         progress.close()
         progress = None
       if step % run.eval_every and step != run.total_steps:
         continue
 
-      # Evaluate, feed the monitors, log, checkpoint.
+      # Evaluate, feed the monitors, log, checkpoint. The logged rate is the one this
+      # interval trained with, before the monitors may cut it.
+      rate = learning_rate(run, state, step)
       results = {name: evaluation.summarize_eval(run.eval_fn(state, *arrays))
                  for name, arrays in splits.eval_sets.items()}
       if config.ema_decay:
@@ -121,7 +124,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       # stopping early (max_steps) and resuming changes nothing.
       if step % run.eval_every == 0:
         state = run.monitor_fn(state, jnp.asarray(monitored, jnp.float32))
-      record = {'step': step, 'epoch': step / steps_per_epoch, 'learning_rate': learning_rate,
+      record = {'step': step, 'epoch': step / steps_per_epoch, 'learning_rate': rate,
                 'plateau_scale': float(state.plateau.scale),
                 'wall_seconds': time.perf_counter() - wall_start,
                 **meter.summary(config.batch_size, with_hem=config.hem.mode != 'off')}
@@ -142,6 +145,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     raise Preempted(f'saved step {step} in {checkpoints.directory}; the same command '
                               'resumes from it.')
   return state
+
+
+def learning_rate(run: setup_lib.Run, state: TrainState, step: int) -> float:
+  """The rate of the last step before `step`: the schedule's times the plateau's scale."""
+  return float(run.schedule(step - 1) * state.plateau.scale)
 
 
 def restore_or_keep(checkpoints: Checkpoints, state: TrainState) -> TrainState:
