@@ -123,6 +123,7 @@ def smoke_workdir(tmp_path_factory):
   return workdir
 
 
+@pytest.hookimpl(tryfirst=True)  # Before xdist's own hook reads the groups.
 def pytest_collection_modifyitems(items):
   """With `pytest -n 2 --dist loadgroup`, the tests of `smoke_workdir` share one worker, so the
   smoke run trains once."""
