@@ -27,8 +27,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.dataset.synthetic_test_size = 512
 
   c.augment = ml_collections.ConfigDict()
-  c.augment.crop_padding = 4  # Pixels of zero padding before a random 32x32 crop.
+  c.augment.crop_padding = 4  # Pixels of padding before a random 32x32 crop (translation).
+  c.augment.padding_mode = 'zeros'  # 'zeros' | 'reflect' (mirrors the border, no edge repeat).
   c.augment.flip = True  # Random horizontal flips.
+  # With `flip`: each training image gets a fixed random flip (drawn once per run) that is
+  # inverted every odd epoch, so over any two epochs it is seen once flipped and once not.
+  c.augment.alternating_flip = False
   c.augment.cutout_size = 0  # Side of the zeroed square in pixels; 0 is off.
   c.augment.randaugment_ops = 0  # RandAugment operations per image; 0 is off.
   c.augment.randaugment_magnitude = 9.0  # RandAugment's magnitude, 0 to 10.
@@ -39,15 +43,15 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.model = model_config('resnet18', width=64, dtype='float32')
 
-  c.num_epochs = 200  # Length of the learning-rate schedule, in epochs.
+  c.num_epochs = 200.0  # Length of the learning-rate schedule, in epochs; may be a fraction.
   c.max_steps = 0  # Stop after this many train steps; 0 means no limit.
   c.batch_size = 128  # Global: split evenly across all devices.
   c.eval_batch_size = 500  # Global; the last batch is padded and masked.
   c.eval_every_epochs = 1.0  # May be a fraction; at least one step.
   # Train steps per compiled call (a loop on the device), so Python dispatch
   # never limits small models; metrics reach the host once per call. 0 means
-  # 10 on GPU/TPU and 1 on CPU, where XLA runs convolutions inside device loops
-  # far slower than outside them.
+  # a whole epoch but at most 100 steps on GPU/TPU, and 1 on CPU, where XLA
+  # runs convolutions inside device loops far slower than outside them.
   c.steps_per_call = 0
 
   c.optimizer = ml_collections.ConfigDict()
@@ -63,21 +67,48 @@ def base_config() -> ml_collections.ConfigDict:
   c.optimizer.weight_decay = 5e-4
   c.optimizer.decay_norm_and_bias = True  # False exempts BatchNorm and biases.
   c.optimizer.grad_clip_norm = 0.0  # Clip the global gradient norm to this; 0 is off.
+  # Parameter groups by path ('group1_norm1/bias': module names and the parameter's, joined by
+  # '/'), each a regular expression matched with re.search; the first matching pair applies.
+  # (pattern, multiplier) pairs: the step along the gradient is multiplied, the weight-decay
+  # step is not (airbench's BatchNorm-bias scaler).
+  c.optimizer.lr_multipliers = ()
+  # (pattern, epochs) pairs: the parameters train for the first `epochs` epochs and are frozen
+  # from then on, no longer updated or decayed; 0 freezes them from the start (e.g. a layer
+  # initialised from the data).
+  c.optimizer.frozen_after_epochs = ()
   # Sharpness-aware minimisation: the radius of the ascent step; 0 is off.
   # Each step then costs two forward and backward passes.
   c.optimizer.sam_rho = 0.0
 
   c.schedule = ml_collections.ConfigDict()
-  c.schedule.name = 'cosine'  # 'constant' | 'piecewise' | 'cosine' | 'onecycle'.
+  c.schedule.name = 'cosine'  # 'constant' | 'piecewise' | 'cosine' | 'onecycle' | 'linear'.
   c.schedule.warmup_epochs = 0.0  # Linear warm-up from 0 ('cosine' only).
   c.schedule.boundaries_epochs = (60, 120, 160)  # 'piecewise' only.
   c.schedule.decay_factor = 0.2  # Rate multiplier at each boundary ('piecewise').
+  # 'linear': (fraction of the run's steps, multiplier of the rate) points, the first at 0 and
+  # the last at 1, joined by straight lines; a point's step is int(fraction * total steps).
+  c.schedule.points = ((0.0, 1.0), (1.0, 0.0))
 
   c.label_smoothing = 0.0  # Share of each target spread evenly over all classes.
+  # How the per-example losses of the global batch become the loss: 'mean', or 'sum' (the
+  # gradient is then batch_size times larger, so the learning rate is that much smaller).
+  c.loss_reduction = 'mean'
   # Exponential moving average of the weights, evaluated beside the raw weights
   # (`ema_*` metrics): ema <- decay * ema + (1 - decay) * params every step; 0 is off.
   c.ema_decay = 0.0
   c.eval_flip_tta = False  # Evaluate on the mean logits of each image and its mirror.
+  # Pixels: also evaluate each image translated by this many pixels up-left and down-right
+  # (reflect-padded), weighting the untranslated view 1/2 and each translated one 1/4 (each
+  # view mirror-averaged with `eval_flip_tta`: 6 views in all, as airbench's level 2); 0 is off.
+  c.eval_translate_tta = 0
+
+  # Lookahead: every `every` steps the weights and BatchNorm statistics move to a running
+  # average, avg <- d * avg + (1 - d) * weights with d = decay**every * (step / total)**power,
+  # and the network is reset to it; after the last step the network takes the average.
+  c.lookahead = ml_collections.ConfigDict()
+  c.lookahead.every = 0  # Steps between averages; 0 is off.
+  c.lookahead.decay = 0.95  # Per step.
+  c.lookahead.power = 3.0  # The decay grows from 0 to decay**every as (step / total)**power.
 
   # The metric evaluated on the validation split (test split when there is
   # none) that drives plateau cuts, early stopping and the best checkpoint.
@@ -122,7 +153,7 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 # The fields of `config.model` every model has; all others are the model family's own.
-MODEL_SETTINGS = ('name', 'init_from', 'input_size')
+MODEL_SETTINGS = ('name', 'init_from', 'input_size', 'normalization')
 
 
 def model_config(name: str, **fields) -> ml_collections.ConfigDict:
@@ -139,6 +170,9 @@ def model_config(name: str, **fields) -> ml_collections.ConfigDict:
       # Side of the square images the model sees: the 32x32 images are resized
       # on the device (bilinear), e.g. to a pretrained model's 224 or 384.
       'input_size': 32,
+      # The channel statistics inputs are normalised with: 'split' (the training split's own
+      # per-channel mean and standard deviation) or 'cifar10' (fixed CIFAR-10 statistics).
+      'normalization': 'split',
       **fields,
   })
 
@@ -162,4 +196,58 @@ def vit_finetune_config(model_name: str, dataset_name: str) -> ml_collections.Co
   c.optimizer.grad_clip_norm = 1.0
   c.schedule.name = 'cosine'
   c.schedule.warmup_epochs = 5.0
+  return c
+
+
+def airbench_config(*, epochs: float, lr: float, weight_decay: float = 0.0153,
+                    momentum: float = 0.85, batch_size: int = 1024, bias_lr_scale: float = 64.0,
+                    whiten_bias_epochs: float = 3, translate: int = 2, cutout: int = 0,
+                    **model_fields) -> ml_collections.ConfigDict:
+  """airbench's CIFAR-10 recipe (arXiv 2404.00498) for the `airbench` network.
+
+  `lr` and `weight_decay` are in airbench's decoupled form, per 1024 examples; the
+  conversion below is its own. SGD with Nesterov momentum on the summed label-smoothed (0.2)
+  loss, weight decay added to the gradient; BatchNorm biases take `bias_lr_scale` times the
+  gradient step without more decay; the whitening kernel is computed from the data and frozen,
+  its bias trains for `whiten_bias_epochs`; the rate rises linearly from 0.2x to 1x over 23% of
+  the steps, then falls to 0.07x; lookahead every 5 steps; alternating flips and reflect-padded
+  translations by up to `translate` pixels; evaluation on 6 views (mirror x 3 translations).
+  """
+  c = base_config()
+  c.dataset.name = 'cifar10'
+  c.model = model_config('airbench', **{
+      'widths': (64, 256, 256), 'convs_per_group': 2, 'residual': False, 'dtype': 'float32',
+      **model_fields})
+  c.model.normalization = 'cifar10'  # airbench's fixed channel statistics.
+  c.batch_size = batch_size
+  c.eval_batch_size = 1000
+  c.num_epochs = epochs
+  c.eval_every_epochs = 1.0
+
+  # Steps of Nesterov SGD are 1 + 1 / (1 - momentum) times the gradient when gradients are
+  # constant; dividing by that (per 1024 examples) keeps the step size independent of the
+  # momentum. The decay step, lr * coefficient, is `weight_decay` per 1024 examples.
+  kilostep_scale = 1024 * (1 + 1 / (1 - momentum))
+  c.loss_reduction = 'sum'
+  c.label_smoothing = 0.2
+  c.optimizer.name = 'sgd'
+  c.optimizer.learning_rate = lr / kilostep_scale
+  c.optimizer.momentum = momentum
+  c.optimizer.nesterov = True
+  c.optimizer.weight_decay = (weight_decay * batch_size / kilostep_scale) / (lr / kilostep_scale)
+  c.optimizer.lr_multipliers = ((r'_norm\d+/bias$', bias_lr_scale),)
+  c.optimizer.frozen_after_epochs = (('^whiten/kernel$', 0), ('^whiten/bias$', whiten_bias_epochs))
+  c.schedule.name = 'linear'
+  c.schedule.points = ((0.0, 0.2), (0.23, 1.0), (1.0, 0.07))
+  c.lookahead.every = 5
+  c.lookahead.decay = 0.95
+  c.lookahead.power = 3.0
+
+  c.augment.crop_padding = translate
+  c.augment.padding_mode = 'reflect'
+  c.augment.flip = True
+  c.augment.alternating_flip = True
+  c.augment.cutout_size = cutout
+  c.eval_flip_tta = True
+  c.eval_translate_tta = 1
   return c

@@ -11,6 +11,8 @@ import ml_collections
 import numpy as np
 import tensorboardX
 
+from cifar_jax import config as config_lib
+
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   with open(os.path.join(workdir, 'config.json'), 'w') as f:
@@ -18,8 +20,24 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The run's config.json; fields added to the code since it was written take their defaults."""
   with open(os.path.join(workdir, 'config.json')) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    saved = json.load(f)
+  defaults = json.loads(config_lib.base_config().to_json_best_effort())
+  defaults['model'] = {k: v for k, v in json.loads(config_lib.model_config('').to_json()).items()
+                       if k in config_lib.MODEL_SETTINGS}
+  return ml_collections.ConfigDict(_with_defaults(saved, defaults))
+
+
+def _with_defaults(saved: dict, defaults: dict) -> dict:
+  """`saved` with the keys it lacks taken from `defaults`, recursively."""
+  merged = dict(saved)
+  for key, default in defaults.items():
+    if key not in merged:
+      merged[key] = default
+    elif isinstance(default, dict) and isinstance(merged[key], dict):
+      merged[key] = _with_defaults(merged[key], default)
+  return merged
 
 
 def classes_of(dataset) -> dict:

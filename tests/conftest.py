@@ -47,6 +47,18 @@ def tiny_config(**overrides):
   return config
 
 
+def tiny_airbench_config(**overrides):
+  """`configs/airbench94_c10.py` on `tiny_config`'s synthetic data, at widths 8/16/16, batch 32
+  (8 steps an epoch), 2 epochs, whitened from 64 images; then `overrides`."""
+  config = load_config_file(os.path.join(CONFIG_DIR, 'airbench94_c10.py'))
+  config.update_from_flattened_dict({
+      'dataset.source': 'synthetic', 'dataset.synthetic_train_size': 256,
+      'dataset.synthetic_test_size': 100, 'model.widths': (8, 16, 16),
+      'model.whiten_examples': 64, 'batch_size': 32, 'eval_batch_size': 64, 'num_epochs': 2,
+      **overrides})
+  return config
+
+
 def random_images(n, size=32, seed=0):
   """uint8 [n, size, size, 3] uniform random images."""
   return np.random.default_rng(seed).integers(0, 256, size=(n, size, size, 3), dtype=np.uint8)
@@ -69,6 +81,17 @@ def mesh_of(num_devices):
 def assert_trees_close(a, b, rtol=1e-4, atol=1e-5):
   jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y),
                                                        rtol=rtol, atol=atol), a, b)
+
+
+def assert_trees_close_to_scale(a, b, tol):
+  """Every leaf of `b` within `tol` times the largest magnitude of the same leaf of `a`: for
+  leaves whose small entries carry rounding amplified by the rest of the network."""
+  def close(x, y):
+    x, y = np.asarray(x), np.asarray(y)
+    assert x.shape == y.shape
+    if x.size:
+      assert np.abs(x - y).max() <= tol * np.abs(x).max(), (np.abs(x - y).max(), np.abs(x).max())
+  jax.tree.map(close, a, b)
 
 
 def load_config_file(path):

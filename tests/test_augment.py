@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from cifar_jax.augment.crop_flip import crop_flip_cutout
+from cifar_jax.augment.inputs import alternating_flips
 from cifar_jax.augment.normalize import channel_stats, normalize
 
 
@@ -21,10 +22,11 @@ def _images(n, size=8, seed=0):
   return rng.integers(1, 256, size=(n, size, size, 3), dtype=np.uint8)
 
 
-def _augment(keys, images, *, crop_padding=0, flip=False, cutout_size=0):
+def _augment(keys, images, *, crop_padding=0, flip=False, cutout_size=0, padding_mode='zeros',
+             flips=None):
   fn = functools.partial(crop_flip_cutout, crop_padding=crop_padding, flip=flip,
-                         cutout_size=cutout_size)
-  return np.asarray(jax.jit(fn)(keys, images))
+                         cutout_size=cutout_size, padding_mode=padding_mode)
+  return np.asarray(jax.jit(fn)(keys, images, flips=flips))
 
 
 def test_shapes_and_dtypes():
@@ -50,11 +52,32 @@ def test_flip_is_mirror_or_identity():
   assert is_mirror.any() and is_same.any()
 
 
-def test_crop_is_window_of_padded_image_and_offsets_cover_range():
+def test_alternating_flip_shows_each_image_once_flipped_and_once_not_over_two_epochs():
+  ids = jnp.arange(1000)
+  key = jax.random.PRNGKey(0)
+  epochs = [np.asarray(alternating_flips(key, ids, epoch)) for epoch in range(4)]
+  np.testing.assert_array_equal(epochs[0] ^ epochs[1], True)
+  np.testing.assert_array_equal(epochs[1] ^ epochs[2], True)
+  np.testing.assert_array_equal(epochs[0], epochs[2])  # The bit is fixed per example.
+  assert 0.4 < epochs[0].mean() < 0.6  # A random half.
+  # It depends on the example's row, not its position in the batch.
+  np.testing.assert_array_equal(alternating_flips(key, ids[::-1], 0), epochs[0][::-1])
+  # The given bits decide the flips.
+  images = _images(8)
+  flips = np.array([True, False] * 4)
+  out = _augment(_keys(8), images, flip=True, flips=flips)
+  np.testing.assert_array_equal(out[flips], images[flips][:, :, ::-1])
+  np.testing.assert_array_equal(out[~flips], images[~flips])
+
+
+@pytest.mark.parametrize('padding_mode', ['zeros', 'reflect'])
+def test_crop_is_window_of_padded_image_and_offsets_cover_range(padding_mode):
   pad, size, n = 2, 6, 256
   images = _images(n, size=size)
-  out = _augment(_keys(n), images, crop_padding=pad)
-  padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  out = _augment(_keys(n), images, crop_padding=pad, padding_mode=padding_mode)
+  # Reflect padding mirrors the border without repeating the edge pixel, as PyTorch's does.
+  padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)),
+                  mode='reflect' if padding_mode == 'reflect' else 'constant')
   offsets = set()
   for i in range(n):
     matches = [(dy, dx) for dy in range(2 * pad + 1) for dx in range(2 * pad + 1)

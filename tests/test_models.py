@@ -34,6 +34,9 @@ NUM_CLASSES = 10
 BATCH = 16  # bfloat16 errors in train mode grow as BatchNorm's batches shrink.
 FAST_COMPILE = {'xla_backend_optimization_level': 0}
 
+# Families whose head is drawn at initialisation instead of zero.
+DRAWN_HEAD = {'airbench'}
+
 # Each regulariser config field at a value that makes train mode visibly random.
 REGULARISERS = {'dropout': True, 'dropout_rate': 0.2, 'attention_dropout_rate': 0.1,
                 'stochastic_depth_rate': 0.2, 'drop_connect_rate': 0.2}
@@ -195,8 +198,10 @@ def test_initialises_and_trains(name):
   (eval_logits, eval_stats), (train_logits, train_stats) = _outputs(model, variables, images)
   for logits in (eval_logits, train_logits[0]):
     assert logits.shape == (BATCH, NUM_CLASSES) and logits.dtype == jnp.float32
-  # The zero head predicts uniformly at initialisation.
-  np.testing.assert_array_equal(eval_logits, 0.0)
+  # The zero head predicts uniformly at initialisation (airbench draws its head, as its
+  # reference does).
+  if name not in DRAWN_HEAD:
+    np.testing.assert_array_equal(eval_logits, 0.0)
 
   # Eval mode keeps the running averages; train mode moves every BatchNorm's. (A mean may stay
   # zero: a bias-free linear layer after a BatchNorm passes its zero mean on.)
@@ -297,6 +302,43 @@ def test_sharded_batchnorm_matches_single_device():
                         in_specs=(P(), P('data')), out_specs=P('data'))
   local_logits = jax.jit(local, compiler_options=FAST_COMPILE)(variables, images)
   assert not np.allclose(local_logits, expected_logits, atol=1e-3)
+
+
+def test_airbench_whitening_makes_the_patches_of_the_images_uncorrelated():
+  model = _tiny('airbench')
+  rng = np.random.default_rng(0)
+  # Strongly correlated pixels and channels: smooth noise, mixed across channels.
+  noise = rng.normal(size=(64, 33, 33, 3))
+  smooth = (noise[:, 1:, 1:] + noise[:, :-1, 1:] + noise[:, 1:, :-1] + noise[:, :-1, :-1]) / 2
+  images = (smooth @ np.array([[1.0, 0.8, 0.5], [0.0, 0.6, 0.5], [0.0, 0.0, 0.7]]))
+  images = images.astype(np.float32)
+  params = model.init_from_data(_abstract_variables(model)['params'], jnp.asarray(images))
+  kernel = np.asarray(params['whiten']['kernel'])  # [2, 2, 3, 24]
+  patches = np.stack([images[:, dy:dy + 31, dx:dx + 31] for dy in (0, 1) for dx in (0, 1)],
+                     axis=-2).reshape(-1, 12)
+  covariance = patches.T.astype(np.float64) @ patches / len(patches)
+  assert not np.allclose(covariance, np.eye(12), atol=0.1)
+  whitened = patches @ kernel.reshape(12, 24)
+  np.testing.assert_allclose(whitened[:, 12:], -whitened[:, :12], rtol=1e-6)  # Both signs.
+  # Uncorrelated, each of variance l / (l + eps) for an eigenvalue l of the covariance: nearly 1.
+  eigenvalues = np.linalg.eigvalsh(covariance)[::-1]
+  np.testing.assert_allclose(whitened[:, :12].T @ whitened[:, :12] / len(patches),
+                             np.diag(eigenvalues / (eigenvalues + 5e-4)), atol=1e-4)
+  assert np.all(eigenvalues / (eigenvalues + 5e-4) > 0.98)
+
+
+def test_airbench_convolutions_start_as_the_identity_on_their_inputs():
+  params = jax.device_get(_init(_tiny('airbench'), _images(BATCH)))['params']
+  kernel = params['group1_conv2']['kernel']  # [3, 3, 16, 16]: the identity on all filters.
+  expected = np.zeros_like(kernel)
+  expected[1, 1] = np.eye(kernel.shape[2])
+  np.testing.assert_array_equal(kernel, expected)
+  kernel = params['group1_conv1']['kernel']  # [3, 3, 24, 8]: 8 filters, identity on 8 inputs.
+  np.testing.assert_array_equal(kernel[1, 1], np.eye(24, 8))
+  np.testing.assert_array_equal(kernel[0], 0.0)
+  wider = params['group2_conv1']['kernel']  # [3, 3, 8, 16]: drawn beyond the first 8 filters.
+  np.testing.assert_array_equal(wider[1, 1, :, :8], np.eye(8))
+  assert np.all(np.abs(wider[..., 8:]) <= 1 / math.sqrt(9 * 8)) and np.any(wider[..., 8:])
 
 
 def test_vit_starts_from_the_original_initialisation():

@@ -1,10 +1,12 @@
-"""Schedules at their boundaries, weight-decay masking, plateau cuts and early stopping."""
+"""Schedules at their boundaries, weight-decay masking, parameter groups (frozen, freezing after
+N epochs, learning-rate multipliers), plateau cuts and early stopping."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from cifar_jax import config as config_lib
+from cifar_jax.errors import UserError
 from cifar_jax.training import optim
 
 
@@ -52,6 +54,54 @@ def test_onecycle_peaks_at_the_learning_rate():
 def test_constant_schedule():
   schedule = optim.create_schedule(make_config(**{'schedule.name': 'constant'}), 10)
   assert schedule(0) == schedule(99) == pytest.approx(0.1)
+
+
+def test_linear_schedule_joins_its_points():
+  config = make_config(**{'schedule.name': 'linear',
+                          'schedule.points': ((0.0, 0.2), (0.23, 1.0), (1.0, 0.07))})
+  schedule = optim.create_schedule(config, steps_per_epoch=10)  # 100 steps; the peak at 23.
+  assert schedule(0) == pytest.approx(0.02)
+  assert schedule(23) == pytest.approx(0.1)
+  assert schedule(10) == pytest.approx(0.1 * (0.2 + 0.8 * 10 / 23))
+  assert schedule(100) == pytest.approx(0.007)
+  assert schedule(60) == pytest.approx(0.1 * (1 - 0.93 * 37 / 77))
+
+
+@pytest.mark.parametrize('points', [((0.0, 1.0),), ((0.1, 1.0), (1.0, 0.0)),
+                                    ((0.0, 1.0), (0.5, 1.0), (0.4, 0.5), (1.0, 0.0))])
+def test_linear_schedule_points_are_checked(points):
+  config = make_config(**{'schedule.name': 'linear', 'schedule.points': points})
+  with pytest.raises(UserError, match='config.schedule.points'):
+    optim.check_config(config)
+
+
+@pytest.mark.parametrize('field,rule', [('lr_multipliers', ('(', 2.0)),
+                                        ('frozen_after_epochs', ('bias', -1)),
+                                        ('lr_multipliers', 'bias')])
+def test_group_rules_are_checked(field, rule):
+  config = make_config(**{f'optimizer.{field}': (rule,)})
+  with pytest.raises(UserError, match=f'config.optimizer.{field}'):
+    optim.check_config(config)
+
+
+def test_parameter_groups_freeze_and_scale_the_gradient_step_only():
+  # Momentum 0, so each update is -lr * (gradient_scale * gradient + decay * param).
+  config = make_config(**{
+      'schedule.name': 'constant', 'optimizer.momentum': 0.0, 'optimizer.weight_decay': 0.5,
+      'optimizer.frozen_after_epochs': (('^whiten/kernel$', 0), ('^whiten/bias$', 1)),
+      'optimizer.lr_multipliers': ((r'_norm\d+/bias$', 4.0),)})
+  tx = optim.create_optimizer(config, optim.create_schedule(config, 2), steps_per_epoch=2)
+  params = {'whiten': {'kernel': jnp.ones(2), 'bias': jnp.ones(2)},
+            'group1_norm1': {'bias': jnp.ones(2)}, 'head': {'kernel': jnp.ones(2)}}
+  grads = jax.tree.map(jnp.ones_like, params)
+  state = tx.init(params)
+  for step in range(4):
+    updates, state = tx.update(grads, state, params)
+    np.testing.assert_array_equal(updates['whiten']['kernel'], 0.0)  # Frozen throughout.
+    # Trained for one epoch (2 steps), then frozen: no gradient step, no decay.
+    np.testing.assert_allclose(updates['whiten']['bias'], -0.1 * 1.5 if step < 2 else 0.0)
+    np.testing.assert_allclose(updates['group1_norm1']['bias'], -0.1 * (4.0 + 0.5))
+    np.testing.assert_allclose(updates['head']['kernel'], -0.1 * 1.5)
 
 
 @pytest.mark.parametrize('decay_norm_and_bias', [True, False])

@@ -12,7 +12,7 @@ from jax import lax
 
 from cifar_jax import rng
 from cifar_jax.augment import crop_flip, mixing, normalize, randaugment
-from cifar_jax.errors import UserError
+from cifar_jax.errors import UserError, check_choice
 from cifar_jax.sharding import DATA_AXIS
 
 
@@ -28,6 +28,9 @@ def check_config(augment_config, label_smoothing: float) -> None:
                     f'{a.randaugment_magnitude}.')
   if not 0 <= a.mix_switch_prob <= 1:
     raise UserError(f'config.augment.mix_switch_prob must be in [0, 1], got {a.mix_switch_prob}.')
+  check_choice('config.augment.padding_mode', a.padding_mode, crop_flip.PADDING_MODES)
+  if a.alternating_flip and not a.flip:
+    raise UserError('config.augment.alternating_flip needs config.augment.flip=True.')
   if not 0 <= label_smoothing < 1:
     raise UserError(f'config.label_smoothing must be in [0, 1), got {label_smoothing}.')
 
@@ -41,8 +44,17 @@ def example_keys(key, local_batch_size: int):
   return jax.vmap(lambda i: jax.random.fold_in(key, i))(first + jnp.arange(local_batch_size))
 
 
+def alternating_flips(run_key, example_ids, epoch):
+  """Which images to mirror this epoch: a fixed random bit per training example (drawn from
+  the run's key and the example's row), inverted every odd epoch."""
+  base_key = rng.stream(run_key, 'alternating_flip')
+  base = jax.vmap(lambda i: jax.random.bernoulli(jax.random.fold_in(base_key, i)))(example_ids)
+  return base ^ (epoch % 2 == 1)
+
+
 def train_inputs(step_key, images, labels, *, augment_config, label_smoothing: float,
-                 num_classes: int, image_mean, image_std, input_size: int):
+                 num_classes: int, image_mean, image_std, input_size: int, run_key=None,
+                 example_ids=None, epoch=None):
   """This device's share of a training batch, augmented, as (inputs, targets).
 
   Args:
@@ -53,6 +65,8 @@ def train_inputs(step_key, images, labels, *, augment_config, label_smoothing: f
     num_classes: Length of the target vectors.
     image_mean, image_std: Per-channel statistics in [0, 1] units (the train state's).
     input_size: Side of the model's square inputs.
+    run_key, example_ids, epoch: The run's key, the training rows of this share and the
+      epoch, for `augment_config.alternating_flip`.
 
   Returns:
     float32 inputs [B, input_size, input_size, 3] in standard units, and float32 target
@@ -60,9 +74,11 @@ def train_inputs(step_key, images, labels, *, augment_config, label_smoothing: f
   """
   a = augment_config
   batch = images.shape[0]
+  flips = alternating_flips(run_key, example_ids, epoch) if a.alternating_flip else None
   images = crop_flip.crop_flip_cutout(
       example_keys(rng.stream(step_key, 'crop_flip'), batch), images,
-      crop_padding=a.crop_padding, flip=a.flip, cutout_size=a.cutout_size)
+      crop_padding=a.crop_padding, flip=a.flip, cutout_size=a.cutout_size,
+      padding_mode=a.padding_mode, flips=flips)
   if a.randaugment_ops:
     images = randaugment.randaugment(
         example_keys(rng.stream(step_key, 'randaugment'), batch), images,

@@ -4,6 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cifar_jax.errors import check_choice
+
 # Images per chunk in `channel_stats`: 1024 CIFAR images are 25 MB as float64.
 _STATS_CHUNK = 1024
 
@@ -38,6 +40,28 @@ def resize(images, size: int):
 def model_inputs(images, mean, std, input_size: int):
   """uint8 (or [0, 255] float) images -> the model's normalised float32 inputs at its size."""
   return resize(normalize(images, mean, std), input_size)
+
+
+# Fixed per-channel (mean, std) in [0, 1] units, by `config.model.normalization` name; 'split'
+# is computed from the training split instead. 'cifar10' is the CIFAR-10 training split's
+# statistics as airbench and many PyTorch recipes hard-code them.
+FIXED_STATS = {
+    'cifar10': ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+}
+NORMALIZATIONS = ('split', *FIXED_STATS)
+
+
+def check_normalization(name: str) -> None:
+  """Raises a UserError for a `config.model.normalization` that is not one of NORMALIZATIONS."""
+  check_choice('config.model.normalization', name, NORMALIZATIONS)
+
+
+def input_stats(name: str, train_images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """The (mean, std) inputs are normalised with: fixed ones, or the training split's own."""
+  if name == 'split':
+    return channel_stats(train_images)
+  mean, std = FIXED_STATS[name]
+  return np.asarray(mean, np.float32), np.asarray(std, np.float32)
 
 
 def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from cifar_jax.config import MODEL_SETTINGS
 from cifar_jax.errors import UserError
 from cifar_jax.models import (
+    airbench,
     efficientnet,
     preact_resnet,
     resnet,
@@ -29,6 +30,7 @@ from cifar_jax.models import (
 )
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
+    'airbench': airbench.Airbench,
     'resnet10': resnet.ResNet10,
     'resnet18': resnet.ResNet18,
     'resnet34': resnet.ResNet34,
@@ -56,6 +58,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 # and blocks, so it compiles in seconds on CPU. It accepts the model's config fields too, as
 # keyword arguments (dtype as a jnp type); models that differ only in size share one.
 TINY: dict[str, Callable[..., nn.Module]] = {
+    'airbench': airbench.TinyAirbench,
     'resnet10': resnet.TinyResNet,
     'resnet18': resnet.TinyResNet,
     'resnet34': resnet.TinyResNet,

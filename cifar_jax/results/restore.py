@@ -46,6 +46,7 @@ class Trained:
   def _predict_fn(self):
     per_device = functools.partial(evaluation.predict, model=self.model,
                                    flip_tta=self.config.eval_flip_tta,
+                                   translate_tta=self.config.eval_translate_tta,
                                    input_size=self.config.model.input_size)
     return jax.jit(jax.shard_map(per_device, mesh=self.mesh, in_specs=(P(), P(DATA_AXIS)),
                                  out_specs=P(DATA_AXIS)))

@@ -12,22 +12,39 @@ from cifar_jax.augment import normalize
 from cifar_jax.sharding import DATA_AXIS
 
 
-def predict(state, images, *, model, flip_tta: bool = False, input_size: int = 32):
-  """Logits of uint8 images; with `flip_tta`, the mean of the image's and its mirror's.
+def predict(state, images, *, model, flip_tta: bool = False, translate_tta: int = 0,
+            input_size: int = 32):
+  """Logits of uint8 images, averaged over test-time views.
+
+  With `flip_tta`, each view's logits are the mean of the view's and its mirror's. With
+  `translate_tta` = t > 0, the untranslated view weighs 1/2 and the views shifted by t pixels
+  up-left and down-right (of the reflect-padded inputs) 1/4 each.
 
   `state` is a `TrainState`, or anything with its `params`, `batch_stats`, `image_mean` and
   `image_std`.
   """
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
   inputs = normalize.model_inputs(images, state.image_mean, state.image_std, input_size)
-  logits = model.apply(variables, inputs, train=False)
-  if flip_tta:
-    logits = (logits + model.apply(variables, inputs[:, :, ::-1], train=False)) / 2
+
+  def view(x):
+    logits = model.apply(variables, x, train=False)
+    if flip_tta:
+      logits = (logits + model.apply(variables, x[:, :, ::-1], train=False)) / 2
+    return logits
+
+  logits = view(inputs)
+  if translate_tta:
+    t = translate_tta
+    h, w = inputs.shape[1:3]
+    padded = jnp.pad(inputs, ((0, 0), (t, t), (t, t), (0, 0)), mode='reflect')
+    shifted = (view(padded[:, :h, :w]) + view(padded[:, 2 * t:2 * t + h, 2 * t:2 * t + w])) / 2
+    logits = (logits + shifted) / 2
   return logits
 
 
 def eval_step(state, images, labels, mask, *, model, local_batch_size: int,
-              num_classes: int, flip_tta: bool = False, input_size: int = 32):
+              num_classes: int, flip_tta: bool = False, translate_tta: int = 0,
+              input_size: int = 32):
   """Sums of loss, top-1/top-5 hits and per-class hits over a split (per-device code).
 
   Each device evaluates its own rows in batches; the sums are added across devices.
@@ -35,7 +52,8 @@ def eval_step(state, images, labels, mask, *, model, local_batch_size: int,
 
   def batch_sums(batch):
     x, y, m = batch
-    logits = predict(state, x, model=model, flip_tta=flip_tta, input_size=input_size)
+    logits = predict(state, x, model=model, flip_tta=flip_tta, translate_tta=translate_tta,
+                     input_size=input_size)
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
     top5 = lax.top_k(logits, min(5, num_classes))[1]
     hit1 = (top5[:, 0] == y) & m

@@ -86,10 +86,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         progress = tqdm.tqdm(total=steps_per_epoch, initial=step - epoch_start, leave=False,
                              desc=f'epoch {step // steps_per_epoch + 1}', unit='step',
                              disable=not show_progress)
-      # A call stops at the next evaluation and never crosses an epoch.
-      next_eval = (step // run.eval_every + 1) * run.eval_every
-      stop_step = min(step + run.steps_per_call, next_eval, epoch_start + steps_per_epoch,
-                      run.total_steps)
+      stop_step = run.next_stop(step)  # At the next evaluation at the latest, within the epoch.
       start_time = time.perf_counter()
       state, totals = run.train_fn(state, splits.train_images, splits.train_labels,
                                    jnp.asarray(stop_step, jnp.int32))

@@ -4,6 +4,8 @@ The step counter the schedules read is the optimiser's own, and the plateau
 and early-stopping states are plain arrays in the train state, so all of it is
 checkpointed and resumes exactly.
 """
+import re
+
 import flax
 import jax
 import jax.numpy as jnp
@@ -13,7 +15,7 @@ from optax import contrib
 
 from cifar_jax.errors import UserError, check_choice
 
-SCHEDULES = ('constant', 'piecewise', 'cosine', 'onecycle')
+SCHEDULES = ('constant', 'piecewise', 'cosine', 'onecycle', 'linear')
 OPTIMIZERS = ('sgd', 'adamw')
 MONITORS = ('accuracy', 'loss')
 
@@ -27,6 +29,35 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   f = config.finetune
   if f.backbone_lr_scale < 0 or f.freeze_backbone_steps < 0:
     raise UserError('config.finetune.backbone_lr_scale and freeze_backbone_steps must be >= 0.')
+  for field in ('lr_multipliers', 'frozen_after_epochs'):
+    for rule in config.optimizer[field]:
+      _check_rule(f'config.optimizer.{field}', rule)
+  if config.schedule.name == 'linear':
+    _check_points(config.schedule.points)
+
+
+def _check_rule(field: str, rule) -> None:
+  """A (pattern, non-negative number) pair whose pattern compiles, or a UserError."""
+  if not (isinstance(rule, (tuple, list)) and len(rule) == 2 and isinstance(rule[0], str)
+          and isinstance(rule[1], (int, float)) and rule[1] >= 0):
+    raise UserError(f'{field} holds {rule!r}; each entry must be a (pattern, number >= 0) pair, '
+                    f"e.g. ('norm/bias$', 64.0).")
+  try:
+    re.compile(rule[0])
+  except re.error as e:
+    raise UserError(f'{field}: {rule[0]!r} is not a regular expression ({e}).') from None
+
+
+def _check_points(points) -> None:
+  """Points of the 'linear' schedule: from fraction 0 to 1, in order, multipliers >= 0."""
+  ok = (len(points) >= 2 and all(len(p) == 2 for p in points)
+        and points[0][0] == 0 and points[-1][0] == 1
+        and all(a[0] <= b[0] for a, b in zip(points, points[1:], strict=False))
+        and all(p[1] >= 0 for p in points))
+  if not ok:
+    raise UserError(f'config.schedule.points={points!r} must be (fraction, multiplier) pairs '
+                    'from fraction 0 to 1 in order, with multipliers >= 0, e.g. '
+                    '((0, 0.2), (0.23, 1), (1, 0.07)).')
 
 
 def epochs_to_steps(epochs: float, steps_per_epoch: int) -> int:
@@ -51,6 +82,10 @@ def create_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> 
         decay_steps=total, end_value=0.0)
   if s.name == 'onecycle':
     return optax.cosine_onecycle_schedule(transition_steps=total, peak_value=base)
+  if s.name == 'linear':
+    steps = jnp.array([int(fraction * total) for fraction, _ in s.points], jnp.float32)
+    rates = jnp.array([base * multiplier for _, multiplier in s.points], jnp.float32)
+    return lambda count: jnp.interp(count, steps, rates)
   raise ValueError(f'unknown schedule {s.name!r}')  # check_config() rules this out.
 
 
@@ -60,44 +95,100 @@ def _decay_mask(params):
       lambda path, _: path[-1].key not in ('bias', 'scale'), params)
 
 
-def _update_rule(o: ml_collections.ConfigDict,
-                 schedule: optax.Schedule) -> optax.GradientTransformation:
-  """SGD with momentum and coupled L2 weight decay, or AdamW, at learning rate `schedule`."""
+def _update_rule(o: ml_collections.ConfigDict, schedule: optax.Schedule,
+                 gradient_scale: float = 1.0) -> optax.GradientTransformation:
+  """SGD with momentum and coupled L2 weight decay, or AdamW, at learning rate `schedule`.
+
+  `gradient_scale` multiplies the step along the gradient but not the weight-decay step: for
+  SGD the gradient before the decay is added, for AdamW Adam's normalised update.
+  """
   mask = None if o.decay_norm_and_bias else _decay_mask
   if o.name == 'adamw':
-    return optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=mask)
-  return optax.chain(optax.add_decayed_weights(o.weight_decay, mask=mask),
-                     optax.sgd(schedule, momentum=o.momentum, nesterov=o.nesterov))
+    if gradient_scale == 1.0:
+      return optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=mask)
+    return optax.chain(optax.scale_by_adam(b1=o.b1, b2=o.b2), optax.scale(gradient_scale),
+                       optax.add_decayed_weights(o.weight_decay, mask=mask),
+                       optax.scale_by_learning_rate(schedule))
+  sgd = optax.chain(optax.add_decayed_weights(o.weight_decay, mask=mask),
+                    optax.sgd(schedule, momentum=o.momentum, nesterov=o.nesterov))
+  return sgd if gradient_scale == 1.0 else optax.chain(optax.scale(gradient_scale), sgd)
 
 
-def param_groups(params):
-  """'head' for the parameters under the top-level `head` module, 'backbone' for all others."""
-  return {name: jax.tree.map(lambda _, n=name: 'head' if n == 'head' else 'backbone', subtree)
-          for name, subtree in params.items()}
+def _path_name(path) -> str:
+  """A parameter's path as the group patterns see it: 'group1_norm1/bias'."""
+  return '/'.join(str(getattr(k, 'key', k)) for k in path)
 
 
-def _head_and_backbone(o: ml_collections.ConfigDict, f: ml_collections.ConfigDict,
-                       schedule: optax.Schedule) -> optax.GradientTransformation:
-  """The update rule per parameter group: the backbone at a scaled rate, frozen at first."""
-  frozen = f.freeze_backbone_steps
-  # While frozen, the backbone's inner state (momentum, Adam moments and its
-  # schedule's step count) stays untouched, so its count lags the train step
-  # by `frozen` steps from the unfreeze on.
-  backbone = _update_rule(o, lambda count: f.backbone_lr_scale * schedule(count + frozen))
-  if frozen:
-    # Zero updates until the unfreeze; the optimiser's state then starts fresh,
-    # as when a Keras model is recompiled with its backbone made trainable.
-    backbone = optax.transforms.conditionally_mask(backbone, lambda count: count >= frozen)
-  return optax.multi_transform({'head': _update_rule(o, schedule), 'backbone': backbone},
-                               param_groups)
+def _first_match(rules, name: str):
+  """The index of the first (pattern, value) rule whose pattern is found in `name`, or None."""
+  return next((i for i, (pattern, _) in enumerate(rules) if re.search(pattern, name)), None)
 
 
-def create_optimizer(config: ml_collections.ConfigDict,
-                     schedule: optax.Schedule) -> optax.GradientTransformation:
-  """The configured update rule, per parameter group when fine-tuning; optional clipping."""
+def param_groups(params, config: ml_collections.ConfigDict | None = None):
+  """Each parameter's group label.
+
+  'head' for the parameters under the top-level `head` module, 'backbone' for all others; with
+  `config`, '+lr<i>' and '+frozen<j>' are appended when the i-th `optimizer.lr_multipliers`
+  and the j-th `optimizer.frozen_after_epochs` rule are the first to match its path.
+  """
+  def label(path, _):
+    name = _path_name(path)
+    label = 'head' if name.split('/')[0] == 'head' else 'backbone'
+    if config is not None:
+      i = _first_match(config.optimizer.lr_multipliers, name)
+      j = _first_match(config.optimizer.frozen_after_epochs, name)
+      label += (f'+lr{i}' if i is not None else '') + (f'+frozen{j}' if j is not None else '')
+    return label
+
+  return jax.tree_util.tree_map_with_path(label, params)
+
+
+def _group_rule(config: ml_collections.ConfigDict, schedule: optax.Schedule, label: str,
+                steps_per_epoch: int) -> optax.GradientTransformation:
+  """The update rule of one parameter group (see `param_groups`)."""
   o, f = config.optimizer, config.finetune
-  if f.backbone_lr_scale != 1.0 or f.freeze_backbone_steps:
-    update = _head_and_backbone(o, f, schedule)
+  part, *rules = label.split('+')
+  # The fine-tuning backbone: a scaled rate, and frozen for its first steps.
+  scale = f.backbone_lr_scale if part == 'backbone' else 1.0
+  start = f.freeze_backbone_steps if part == 'backbone' else 0
+  gradient_scale, stop = 1.0, None
+  for rule in rules:
+    if rule.startswith('lr'):
+      gradient_scale = o.lr_multipliers[int(rule[2:])][1]
+    else:
+      stop = epochs_to_steps(o.frozen_after_epochs[int(rule[6:])][1], steps_per_epoch)
+  if stop is not None and stop <= start:
+    return optax.set_to_zero()  # Never trained: no optimiser state either.
+  # While frozen, a group's inner state (momentum, Adam moments and its schedule's step count)
+  # stays untouched, so its count lags the train step by `start` steps from the unfreeze on,
+  # and starts fresh then, as when a Keras model is recompiled with its backbone trainable.
+  rule = _update_rule(o, lambda count: scale * schedule(count + start), gradient_scale)
+  if start or stop is not None:
+    stop = stop if stop is not None else jnp.iinfo(jnp.int32).max
+    rule = optax.transforms.conditionally_mask(
+        rule, lambda count: (count >= start) & (count < stop))
+  return rule
+
+
+def create_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule,
+                     steps_per_epoch: int = 1) -> optax.GradientTransformation:
+  """The configured update rule, per parameter group where groups differ; optional clipping.
+
+  Groups (`param_groups`) come from fine-tuning (`config.finetune`) and from the per-path
+  rules `config.optimizer.lr_multipliers` and `frozen_after_epochs`; `steps_per_epoch` turns
+  the latter's epochs into steps.
+  """
+  o, f = config.optimizer, config.finetune
+  by_rule = bool(o.lr_multipliers or o.frozen_after_epochs)
+  if by_rule or f.backbone_lr_scale != 1.0 or f.freeze_backbone_steps:
+    # Every label `param_groups` can give, whether or not a parameter carries it.
+    labels = [part + (f'+lr{i}' if i is not None else '') + (f'+frozen{j}' if j is not None else '')
+              for part in ('head', 'backbone')
+              for i in [None, *range(len(o.lr_multipliers))]
+              for j in [None, *range(len(o.frozen_after_epochs))]]
+    update = optax.multi_transform(
+        {label: _group_rule(config, schedule, label, steps_per_epoch) for label in labels},
+        lambda params: param_groups(params, config if by_rule else None))
   else:
     update = _update_rule(o, schedule)
   if o.grad_clip_norm:

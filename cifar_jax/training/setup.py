@@ -17,7 +17,7 @@ from cifar_jax.augment import inputs, normalize
 from cifar_jax.data import splits as splits_lib
 from cifar_jax.errors import UserError
 from cifar_jax.sharding import DATA_AXIS
-from cifar_jax.training import evaluation, hem, optim, update
+from cifar_jax.training import evaluation, hem, lookahead, optim, update
 from cifar_jax.training import state as state_lib
 from cifar_jax.training import step as step_lib
 
@@ -38,10 +38,11 @@ class Splits:
 class Run:
   """Everything a training run uses, built once by `setup`.
 
-  `train_fn(state, images, labels, stop_step) -> (state, metric sums)` takes steps until
-  `stop_step` (never across an epoch); `eval_fn(state, images, labels, mask) -> sums` evaluates
-  a whole split; `monitor_fn(state, loss) -> state` feeds plateau and early stopping. Each is
-  compiled once, at its first call.
+  `init_fn(seed) -> state` creates a fresh state (with the model's data-dependent
+  initialisation, if it has one); `train_fn(state, images, labels, stop_step) -> (state, metric
+  sums)` takes steps until `stop_step` (never across an epoch); `eval_fn(state, images, labels,
+  mask) -> sums` evaluates a whole split; `monitor_fn(state, loss) -> state` feeds plateau and
+  early stopping. Each is compiled once, at its first call.
   """
   config: ml_collections.ConfigDict
   mesh: jax.sharding.Mesh
@@ -56,14 +57,22 @@ class Run:
   total_steps: int
   eval_every: int  # Train steps between evaluations.
   steps_per_call: int
+  init_fn: object
   train_fn: object
   eval_fn: object
   monitor_fn: object
 
-  def new_state(self) -> state_lib.TrainState:
-    """A fresh train state on the mesh (replicated), from `config.seed`."""
-    return _create_train_state(self.config, self.model, self.optimizer, self.plateau,
-                               self.image_stats, self.mesh)
+  def new_state(self, seed: int | None = None) -> state_lib.TrainState:
+    """A fresh train state on the mesh (replicated), from `seed` (default `config.seed`)."""
+    return self.init_fn(jax.random.PRNGKey(self.config.seed if seed is None else seed),
+                        self.splits.train_images)
+
+  def next_stop(self, step: int) -> int:
+    """Where a train call from `step` stops: after `steps_per_call` steps, at the next
+    evaluation, at the end of the epoch or of the run, whichever comes first."""
+    next_eval = (step // self.eval_every + 1) * self.eval_every
+    epoch_end = (step // self.steps_per_epoch + 1) * self.steps_per_epoch
+    return min(step + self.steps_per_call, next_eval, epoch_end, self.total_steps)
 
   def load_pretrained(self, state: state_lib.TrainState) -> state_lib.TrainState:
     """`state` with the weights of `config.model.init_from` and a fresh optimiser state."""
@@ -91,7 +100,7 @@ def setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = No
 
   # Data, on the mesh for the whole run.
   dataset, host_splits = splits_lib.load_splits(config)
-  image_stats = normalize.channel_stats(host_splits['train'][0])
+  image_stats = normalize.input_stats(config.model.normalization, host_splits['train'][0])
   splits = place_splits(host_splits, dataset.num_classes, config.eval_batch_size, mesh)
   classes = workdir.classes_of(dataset)
   del dataset, host_splits  # The host copies: the run keeps the mesh's.
@@ -106,9 +115,9 @@ def setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = No
   # Model and optimiser.
   model = models.from_config(config.model, splits.num_classes, bn_axis_name=DATA_AXIS)
   schedule = optim.create_schedule(config, steps_per_epoch)
-  optimizer = optim.create_optimizer(config, schedule)
+  optimizer = optim.create_optimizer(config, schedule, steps_per_epoch)
   plateau = optim.create_plateau(config)
-  call_steps = steps_per_call(config)
+  call_steps = steps_per_call(config, steps_per_epoch)
 
   return Run(
       config=config, mesh=mesh, classes=classes, splits=splits, image_stats=image_stats,
@@ -116,6 +125,8 @@ def setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = No
       steps_per_epoch=steps_per_epoch, total_steps=total_steps,
       eval_every=max(1, optim.epochs_to_steps(config.eval_every_epochs, steps_per_epoch)),
       steps_per_call=call_steps,
+      init_fn=compile_init_fn(config, model, optimizer, plateau, image_stats, mesh,
+                              splits.num_train),
       train_fn=compile_train_fn(config, model, optimizer, mesh, splits.num_train,
                                 steps_per_epoch, device_loop=call_steps > 1),
       eval_fn=compile_eval_fn(config, model, mesh, splits.num_classes),
@@ -125,6 +136,7 @@ def setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = No
 def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
   """Raises a UserError naming the first field no run can use: each part checks its own."""
   models.check_config(config.model)
+  normalize.check_normalization(config.model.normalization)
   inputs.check_config(config.augment, config.label_smoothing)
   update.check_config(config)
   hem.check_config(config.hem)
@@ -135,10 +147,10 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
   for field, value in positive.items():
     if value <= 0:
       raise UserError(f'config.{field} must be positive, got {value}.')
-  for field in ('steps_per_call', 'max_steps'):
+  for field, zero in (('steps_per_call', 'automatic'), ('max_steps', 'no limit'),
+                      ('eval_translate_tta', 'off')):
     if config[field] < 0:
-      raise UserError(f'config.{field} must be >= 0 (0 means automatic or no limit), got '
-                      f'{config[field]}.')
+      raise UserError(f'config.{field} must be >= 0 (0 is {zero}), got {config[field]}.')
   for field in ('batch_size', 'eval_batch_size'):
     if config[field] % num_devices:
       raise UserError(f'config.{field}={config[field]} must divide evenly across the '
@@ -167,39 +179,60 @@ def place_splits(host_splits: dict, num_classes: int, eval_batch_size: int, mesh
       num_classes=num_classes)
 
 
-def _create_train_state(config, model, optimizer, plateau, image_stats,
-                        mesh) -> state_lib.TrainState:
-  """A fresh state, created directly on the mesh (replicated)."""
-  init = functools.partial(state_lib.init_train_state, model=model, optimizer=optimizer,
-                           plateau=plateau, ema=config.ema_decay > 0,
-                           input_size=config.model.input_size)
-  return jax.jit(init, out_shardings=sharding.replicated(mesh))(
-      jax.random.PRNGKey(config.seed), image_mean=image_stats[0], image_std=image_stats[1])
+def compile_init_fn(config, model, optimizer, plateau, image_stats, mesh, num_train: int):
+  """The jitted `(seed key, training images) -> fresh state`, created on the mesh (replicated).
+
+  A model with a data-dependent initialisation (an `init_from_data(params, images)` method,
+  e.g. airbench's patch whitening) gets the first `model.whiten_examples`-many training
+  images (all if fewer), normalised as the model sees them.
+  """
+  def init(seed_key, train_images):
+    state = state_lib.init_train_state(
+        seed_key, model=model, optimizer=optimizer, plateau=plateau,
+        image_mean=image_stats[0], image_std=image_stats[1], ema=config.ema_decay > 0,
+        lookahead=config.lookahead.every > 0, input_size=config.model.input_size)
+    if not hasattr(model, 'init_from_data'):
+      return state
+    # Gathered whole onto every device: the statistics of the first rows, not of each shard.
+    first = jax.sharding.reshard(train_images[:min(model.whiten_examples, num_train)],
+                                 sharding.replicated(mesh))
+    images = normalize.model_inputs(first, state.image_mean, state.image_std,
+                                    config.model.input_size)
+    params = model.init_from_data(state.params, images)
+    return state.replace(
+        params=params, opt_state=optimizer.init(params),
+        ema_params=params if config.ema_decay else {},
+        lookahead=lookahead.init(params, state.batch_stats) if config.lookahead.every else {})
+
+  return jax.jit(init, out_shardings=sharding.replicated(mesh))
 
 
-def steps_per_call(config) -> int:
+def steps_per_call(config, steps_per_epoch: int) -> int:
   """`config.steps_per_call`, with 0 resolved for the platform (see its comment in config.py)."""
   if config.steps_per_call:
     return config.steps_per_call
-  return 1 if jax.default_backend() == 'cpu' else 10
+  return 1 if jax.default_backend() == 'cpu' else min(steps_per_epoch, 100)
 
 
-def train_step_fn(config, model, optimizer):
+def train_step_fn(config, model, optimizer, total_steps: int):
   """`step.train_step` with everything but its arrays bound from the config."""
   return functools.partial(
       step_lib.train_step, model=model, optimizer=optimizer, augment_config=config.augment,
       hem_config=config.hem, label_smoothing=config.label_smoothing,
       sam_rho=config.optimizer.sam_rho, ema_decay=config.ema_decay,
-      input_size=config.model.input_size)
+      input_size=config.model.input_size, loss_reduction=config.loss_reduction,
+      lookahead=config.lookahead, total_steps=total_steps)
 
 
 def compile_train_fn(config, model, optimizer, mesh, num_train: int, steps_per_epoch: int,
                      device_loop: bool):
   """The jitted `(state, images, labels, stop_step) -> (state, metric sums)`."""
+  # Lookahead's decay grows over the schedule's length (a `max_steps` cut does not shorten it).
+  total_steps = optim.epochs_to_steps(config.num_epochs, steps_per_epoch)
   per_device = functools.partial(
       step_lib.train_steps, num_train=num_train, batch_size=config.batch_size,
-      steps_per_epoch=steps_per_epoch, step_fn=train_step_fn(config, model, optimizer),
-      device_loop=device_loop)
+      steps_per_epoch=steps_per_epoch,
+      step_fn=train_step_fn(config, model, optimizer, total_steps), device_loop=device_loop)
   mapped = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(DATA_AXIS), P(DATA_AXIS), P()),
                          out_specs=(P(), P()))
   # Donating the state lets XLA update parameters and optimiser state in place.
@@ -210,7 +243,8 @@ def compile_eval_fn(config, model, mesh, num_classes: int):
   """The jitted `(state, images, labels, mask) -> sums` over a whole split."""
   per_device = functools.partial(
       evaluation.eval_step, model=model, local_batch_size=config.eval_batch_size // mesh.size,
-      num_classes=num_classes, flip_tta=config.eval_flip_tta, input_size=config.model.input_size)
+      num_classes=num_classes, flip_tta=config.eval_flip_tta,
+      translate_tta=config.eval_translate_tta, input_size=config.model.input_size)
   return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), *[P(DATA_AXIS)] * 3),
                                out_specs=P()))
 

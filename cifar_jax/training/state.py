@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import optax
 
 from cifar_jax import rng
+from cifar_jax.training import lookahead as lookahead_lib
 from cifar_jax.training import optim
 
 
@@ -18,6 +19,8 @@ class TrainState:
   batch_stats: Any
   opt_state: optax.OptState
   ema_params: Any  # Moving average of `params` when `ema_decay` > 0, else {}.
+  # Lookahead's average of `params` and `batch_stats` when `config.lookahead.every` > 0, else {}.
+  lookahead: Any
   plateau: Any  # optax's ReduceLROnPlateauState; `.scale` multiplies the rate.
   early_stopping: optim.EarlyStoppingState
   rng: jax.Array  # The run's key: data order and augmentation derive from it and the step.
@@ -28,15 +31,17 @@ class TrainState:
 
 
 def init_train_state(seed_key, model, optimizer, plateau, image_mean, image_std,
-                     ema: bool = False, input_size: int = 32) -> TrainState:
+                     ema: bool = False, lookahead: bool = False,
+                     input_size: int = 32) -> TrainState:
   """A fresh train state (pure; jit it with output shardings to create it on the mesh)."""
   variables = model.init(rng.stream(seed_key, 'init'),
                          jnp.zeros((1, input_size, input_size, 3)), train=False)
   params = variables['params']
+  batch_stats = variables.get('batch_stats', {})  # Models without BatchNorm (ViT) have none.
   return TrainState(
-      # Models without BatchNorm (ViT) have no batch statistics.
-      step=jnp.array(0, jnp.int32), params=params, batch_stats=variables.get('batch_stats', {}),
+      step=jnp.array(0, jnp.int32), params=params, batch_stats=batch_stats,
       opt_state=optimizer.init(params), ema_params=params if ema else {},
+      lookahead=lookahead_lib.init(params, batch_stats) if lookahead else {},
       # The plateau transform only needs a float dtype from its "params".
       plateau=plateau.init(jnp.zeros((), jnp.float32)),
       early_stopping=optim.EarlyStoppingState.create(), rng=rng.stream(seed_key, 'run'),

@@ -52,20 +52,23 @@ def batch_indices(permutation, step, *, batch_size: int, steps_per_epoch: int):
   return lax.dynamic_slice(permutation, (position,), (batch_size,))
 
 
-def train_step(state, images, labels, step_key, *, model, optimizer, augment_config,
-               hem_config, label_smoothing: float = 0.0, sam_rho: float = 0.0,
-               ema_decay: float = 0.0, input_size: int = 32):
+def train_step(state, images, labels, step_key, example_ids, epoch, *, model, optimizer,
+               augment_config, hem_config, label_smoothing: float = 0.0, sam_rho: float = 0.0,
+               ema_decay: float = 0.0, input_size: int = 32, loss_reduction: str = 'mean',
+               lookahead=None, total_steps: int = 0):
   """One train step on this device's share of a global batch: the input half, then the update.
 
-  Returns the new state and this step's metrics, summed over the global batch.
+  `example_ids` are the training rows of this share and `epoch` the step's epoch. Returns the
+  new state and this step's metrics, summed over the global batch.
   """
   inputs, targets = inputs_lib.train_inputs(
       step_key, images, labels, augment_config=augment_config, label_smoothing=label_smoothing,
       num_classes=model.num_classes, image_mean=state.image_mean, image_std=state.image_std,
-      input_size=input_size)
+      input_size=input_size, run_key=state.rng, example_ids=example_ids, epoch=epoch)
   return update_lib.update(state, inputs, targets, labels, step_key, model=model,
                            optimizer=optimizer, hem_config=hem_config, sam_rho=sam_rho,
-                           ema_decay=ema_decay)
+                           ema_decay=ema_decay, loss_reduction=loss_reduction,
+                           lookahead=lookahead, total_steps=total_steps)
 
 
 def train_steps(state, images, labels, stop_step, *, num_train: int,
@@ -93,8 +96,10 @@ def train_steps(state, images, labels, stop_step, *, num_train: int,
                             steps_per_epoch=steps_per_epoch)
     batch_images, batch_labels = gather_batch(images, labels, indices)
     assert batch_images.shape[0] == local_batch_size
+    example_ids = lax.dynamic_slice(indices, (lax.axis_index(DATA_AXIS) * local_batch_size,),
+                                    (local_batch_size,))
     state, step_metrics = step_fn(state, batch_images, batch_labels,
-                                  jax.random.fold_in(steps_key, state.step))
+                                  jax.random.fold_in(steps_key, state.step), example_ids, epoch)
     totals = {k: (jnp.maximum if k.endswith('_max') else jnp.add)(totals[k], v)
               for k, v in step_metrics.items()}
     return state, totals

@@ -10,13 +10,19 @@ import optax
 from jax import lax
 
 from cifar_jax import rng
-from cifar_jax.errors import UserError
+from cifar_jax.errors import UserError, check_choice
 from cifar_jax.sharding import DATA_AXIS
 from cifar_jax.training import hem
+from cifar_jax.training import lookahead as lookahead_lib
+
+LOSS_REDUCTIONS = ('mean', 'sum')
 
 
 def check_config(config) -> None:
-  """Raises a UserError for an EMA decay or SAM radius the update cannot use."""
+  """Raises a UserError for a loss reduction, EMA decay, SAM radius or lookahead the update
+  cannot use."""
+  check_choice('config.loss_reduction', config.loss_reduction, LOSS_REDUCTIONS)
+  lookahead_lib.check_config(config.lookahead)
   if not 0 <= config.ema_decay < 1:
     raise UserError(f'config.ema_decay must be in [0, 1) (0 is off), got {config.ema_decay}.')
   if config.optimizer.sam_rho < 0:
@@ -25,7 +31,8 @@ def check_config(config) -> None:
 
 
 def update(state, inputs, targets, labels, step_key, *, model, optimizer, hem_config,
-           sam_rho: float = 0.0, ema_decay: float = 0.0):
+           sam_rho: float = 0.0, ema_decay: float = 0.0, loss_reduction: str = 'mean',
+           lookahead=None, total_steps: int = 0):
   """One optimiser step on this device's share of a global batch.
 
   Args:
@@ -37,12 +44,18 @@ def update(state, inputs, targets, labels, step_key, *, model, optimizer, hem_co
     hem_config: `config.hem`.
     sam_rho: SAM's ascent radius; 0 is off.
     ema_decay: Weight EMA decay per step; 0 is off.
+    loss_reduction: 'mean' or 'sum' of the per-example losses over the global batch.
+    lookahead: `config.lookahead` (None or `every` 0 is off).
+    total_steps: The run's length in steps, which lookahead's decay grows towards.
 
   Returns:
     The new state and this step's metrics, summed over the global batch.
   """
   # Dropout and stochastic depth draw per device, like mixing.
   dropout_key = jax.random.fold_in(rng.stream(step_key, 'dropout'), lax.axis_index(DATA_AXIS))
+  # The gradient below is of this device's mean loss, averaged over devices: the global mean.
+  # A summed loss is that times the global batch size.
+  loss_scale = labels.shape[0] * lax.axis_size(DATA_AXIS) if loss_reduction == 'sum' else 1
 
   def loss_fn(params):
     logits, new_variables = model.apply(
@@ -53,7 +66,7 @@ def update(state, inputs, targets, labels, step_key, *, model, optimizer, hem_co
         losses, mode=hem_config.mode, fraction=hem_config.fraction, boost=hem_config.boost,
         temperature=hem_config.temperature, axis_name=DATA_AXIS)
     batch_stats = new_variables.get('batch_stats', {})
-    return jnp.mean(weights * losses), (logits, losses, batch_stats, hem_stats)
+    return loss_scale * jnp.mean(weights * losses), (logits, losses, batch_stats, hem_stats)
 
   def global_grads(params):
     # The parameters are replicated (invariant over the data axis), and the
@@ -76,10 +89,16 @@ def update(state, inputs, targets, labels, step_key, *, model, optimizer, hem_co
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   updates = jax.tree.map(lambda u: u * state.plateau.scale, updates)
   params = optax.apply_updates(state.params, updates)
+  step = state.step + 1
+  average = state.lookahead
+  if lookahead is not None and lookahead.every:
+    average, params, batch_stats = lookahead_lib.apply(
+        average, params, batch_stats, step, every=lookahead.every, decay=lookahead.decay,
+        power=lookahead.power, total_steps=total_steps)
   ema_params = (optax.incremental_update(params, state.ema_params, step_size=1 - ema_decay)
                 if ema_decay else state.ema_params)
-  new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                            opt_state=opt_state, ema_params=ema_params)
+  new_state = state.replace(step=step, params=params, batch_stats=batch_stats,
+                            opt_state=opt_state, ema_params=ema_params, lookahead=average)
   step_metrics = {
       'loss_sum': lax.psum(jnp.sum(losses), DATA_AXIS),
       'correct': lax.psum(jnp.sum(jnp.argmax(logits, -1) == labels), DATA_AXIS),
