@@ -33,13 +33,16 @@ flags.mark_flag_as_required('config')
 def fixed_batch_fn(config, model, optimizer, mesh, device_loop: bool):
   """Train steps on one fixed batch with no augmentation: the step without its input pipeline."""
   no_augment = config.copy_and_resolve_references()
-  no_augment.augment.update(crop_padding=0, flip=False, cutout_size=0, randaugment_ops=0,
-                            mixup_alpha=0.0, cutmix_alpha=0.0)
-  step_fn = setup_lib.train_step_fn(no_augment, model, optimizer)
+  no_augment.augment.update(crop_padding=0, flip=False, alternating_flip=False, cutout_size=0,
+                            randaugment_ops=0, mixup_alpha=0.0, cutmix_alpha=0.0)
+  step_fn = setup_lib.train_step_fn(no_augment, model, optimizer, total_steps=2**30)
 
   def per_device(state, images, labels, stop_step):
+    example_ids = lax.axis_index(DATA_AXIS) * labels.shape[0] + jnp.arange(labels.shape[0])
+
     def body(state):
-      return step_fn(state, images, labels, jax.random.fold_in(state.rng, state.step))[0]
+      return step_fn(state, images, labels, jax.random.fold_in(state.rng, state.step),
+                     example_ids, 0)[0]
     if not device_loop:  # As the train function does on CPU: one step per call.
       return body(state)
     return lax.while_loop(lambda s: s.step < stop_step, body, state)
