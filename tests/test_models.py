@@ -19,14 +19,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import mesh_of, tiny_config
+from conftest import assert_trees_close, mesh_of, tiny_config
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from cifar_jax import config as config_lib
 from cifar_jax import models
 from cifar_jax.errors import UserError
-from cifar_jax.models import MODELS, TINY, config_fields, create_model
+from cifar_jax.models import MODELS, TINY, config_fields, create_model, layers
 from cifar_jax.training import setup
 
 NAMES = sorted(MODELS)
@@ -386,3 +386,26 @@ def test_two_train_steps_on_8_devices(name, fields, monkeypatch):
   for (path, new), old in zip(trained, jax.tree.leaves(initial), strict=True):
     if path[-1].key == 'kernel':
       assert not np.allclose(new, old), jax.tree_util.keystr(path)
+
+
+# The shared layers.
+
+
+@pytest.mark.parametrize('kernel,strides,padding', [
+    ((3, 3, 5, 7), (1, 1), 'SAME'), ((3, 3, 5, 7), (2, 2), ((1, 1), (1, 1))),
+    ((2, 2, 5, 4), (1, 1), 'VALID'), ((4, 4, 5, 4), (4, 4), 'VALID'),
+    ((1, 1, 5, 4), (2, 2), 'VALID'), ((7, 7, 5, 4), (2, 2), ((3, 3), (3, 3)))])
+def test_patch_convolution_computes_what_xla_does(kernel, strides, padding):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(2, 10, 10, 5)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=kernel), jnp.float32)
+  numbers = jax.lax.conv_dimension_numbers(x.shape, w.shape, ('NHWC', 'HWIO', 'NHWC'))
+
+  def loss(conv):
+    return lambda x, w: jnp.sum(jnp.sin(conv(x, w, strides, padding,
+                                             dimension_numbers=numbers)))
+
+  expected = jax.value_and_grad(loss(jax.lax.conv_general_dilated), (0, 1))(x, w)
+  actual = jax.value_and_grad(loss(layers.patch_conv), (0, 1))(x, w)
+  assert_trees_close(actual, expected, rtol=1e-4, atol=1e-4)
+

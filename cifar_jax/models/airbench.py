@@ -21,6 +21,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cifar_jax.models import layers
+
 # PyTorch's default initialisation of convolutions and linear layers: kaiming-uniform with
 # a=sqrt(5), i.e. uniform within 1/sqrt(fan_in).
 _torch_default = nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform')
@@ -70,11 +72,12 @@ class Airbench(nn.Module):
     k = self.WHITEN_SIZE
     whiten_width = 2 * x.shape[-1] * k * k
     x = nn.Conv(whiten_width, (k, k), padding='VALID', kernel_init=_torch_default,
-                dtype=self.dtype, param_dtype=jnp.float32, name='whiten')(x.astype(self.dtype))
+                dtype=self.dtype, param_dtype=jnp.float32,
+                conv_general_dilated=layers.patch_conv, name='whiten')(x.astype(self.dtype))
     x = nn.gelu(x, approximate=False)
     conv = functools.partial(nn.Conv, kernel_size=(3, 3), padding='SAME', use_bias=False,
                              kernel_init=_identity_on_inputs, dtype=self.dtype,
-                             param_dtype=jnp.float32)
+                             param_dtype=jnp.float32, conv_general_dilated=layers.patch_conv)
     norm = functools.partial(nn.BatchNorm, use_running_average=not train,
                              momentum=self.bn_momentum, epsilon=1e-12, use_scale=False,
                              dtype=jnp.float32, param_dtype=jnp.float32,

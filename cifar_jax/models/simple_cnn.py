@@ -44,7 +44,7 @@ class SimpleCNN(nn.Module):
     """Class logits of normalised images, as every family computes them (see `layers`)."""
     conv = functools.partial(nn.Conv, kernel_size=(3, 3), padding=layers.PAD_3X3,
                              kernel_init=nn.initializers.he_uniform(), dtype=self.dtype,
-                             param_dtype=jnp.float32)
+                             param_dtype=jnp.float32, conv_general_dilated=layers.patch_conv)
     norm = layers.batch_norm(self, train=train)
     deterministic = not (train and self.dropout)
 

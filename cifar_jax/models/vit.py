@@ -195,7 +195,8 @@ class VisionTransformer(nn.Module):
     x = x.astype(self.dtype)
     p = self.patch_size
     x = nn.Conv(self.hidden_size, (p, p), strides=(p, p), padding='VALID', dtype=self.dtype,
-                param_dtype=jnp.float32, name='embedding')(x)
+                param_dtype=jnp.float32, conv_general_dilated=layers.patch_conv,
+                name='embedding')(x)
     batch, height, width, channels = x.shape
     x = x.reshape(batch, height * width, channels)
     if self.classifier == 'token':
