@@ -103,8 +103,10 @@ def load_config_file(path):
 
 
 def run_command(module, *flags, **kwargs):
-  """Runs `python -m module flags...` from the repository as a user would."""
-  return subprocess.run([sys.executable, '-m', module, *flags], cwd=REPO, capture_output=True,
+  """Runs `python -m module flags...` (or `python script.py flags...` for a path ending in .py)
+  from the repository as a user would."""
+  target = [module] if module.endswith('.py') else ['-m', module]
+  return subprocess.run([sys.executable, *target, *flags], cwd=REPO, capture_output=True,
                         text=True, timeout=600, **kwargs)
 
 

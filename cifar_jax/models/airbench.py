@@ -103,6 +103,11 @@ class Airbench(nn.Module):
                  param_dtype=jnp.float32, name='head')(x)
     return x.astype(jnp.float32) * self.logit_scale
 
+  @property
+  def init_examples(self) -> int:
+    """How many training images `init_from_data` takes (see `training.setup`)."""
+    return self.whiten_examples
+
   def init_from_data(self, params, images):
     """`params` with the whitening kernel computed from normalised training images.
 

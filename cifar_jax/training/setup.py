@@ -183,8 +183,8 @@ def compile_init_fn(config, model, optimizer, plateau, image_stats, mesh, num_tr
   """The jitted `(seed key, training images) -> fresh state`, created on the mesh (replicated).
 
   A model with a data-dependent initialisation (an `init_from_data(params, images)` method,
-  e.g. airbench's patch whitening) gets the first `model.whiten_examples`-many training
-  images (all if fewer), normalised as the model sees them.
+  e.g. airbench's patch whitening) gets the first `model.init_examples` training images (all
+  if fewer), normalised as the model sees them.
   """
   def init(seed_key, train_images):
     state = state_lib.init_train_state(
@@ -194,7 +194,7 @@ def compile_init_fn(config, model, optimizer, plateau, image_stats, mesh, num_tr
     if not hasattr(model, 'init_from_data'):
       return state
     # Gathered whole onto every device: the statistics of the first rows, not of each shard.
-    first = jax.sharding.reshard(train_images[:min(model.whiten_examples, num_train)],
+    first = jax.sharding.reshard(train_images[:min(model.init_examples, num_train)],
                                  sharding.replicated(mesh))
     images = normalize.model_inputs(first, state.image_mean, state.image_std,
                                     config.model.input_size)
