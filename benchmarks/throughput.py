@@ -25,9 +25,13 @@ from cifar_jax.sharding import DATA_AXIS
 from cifar_jax.training import setup as setup_lib
 from cifar_jax.training.metrics import CompilationCounter
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
-_STEPS = flags.DEFINE_integer('steps', 50, 'Timed train steps (after the warm-up call).')
-flags.mark_flag_as_required('config')
+
+def define_flags():
+  """This script's flags, defined when it runs (not when another script imports it)."""
+  global _CONFIG, _STEPS
+  _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
+  _STEPS = flags.DEFINE_integer('steps', 50, 'Timed train steps (after the warm-up call).')
+  flags.mark_flag_as_required('config')
 
 
 def fixed_batch_fn(config, model, optimizer, mesh, device_loop: bool):
@@ -108,4 +112,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)
