@@ -4,7 +4,9 @@
 
 The airbench network (widths 64/256/256, two convolutions per group) trained for 9.9 epochs at
 batch 1024 with airbench's recipe (`config.airbench_config`). `benchmarks/race.py` trains it
-beside airbench itself on the same data; the README's fast-training section has the figures.
+beside airbench itself on the same data. Measured (README, Fast training): 90.48% with
+test-time augmentation on CIFAR-10 (JPEG q75 copy), 1 run on a 2-core CPU, where airbench
+reached 90.76%.
 """
 from cifar_jax import config as config_lib
 
