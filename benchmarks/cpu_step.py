@@ -24,7 +24,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from throughput import fixed_batch_fn  # noqa: E402 (a script beside this one)
+from throughput import first_rows, fixed_batch_fn  # noqa: E402 (a script beside this one)
 
 from cifar_jax import sharding  # noqa: E402
 from cifar_jax.training import setup as setup_lib  # noqa: E402
@@ -55,8 +55,8 @@ def jax_step(network: str, dtype: str):
   mesh = sharding.create_mesh()
   run = setup_lib.setup(config, mesh)
   fn = fixed_batch_fn(config, run.model, run.optimizer, mesh, device_loop=False)
-  images = run.splits.train_images[:batch]
-  labels = run.splits.train_labels[:batch]
+  images, labels = (sharding.shard_rows(jax.device_get(first_rows(a, batch, mesh)), mesh)
+                    for a in (run.splits.train_images, run.splits.train_labels))
   state = [run.new_state()]
 
   def step():

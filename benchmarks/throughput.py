@@ -56,6 +56,12 @@ def fixed_batch_fn(config, model, optimizer, mesh, device_loop: bool):
                                out_specs=P()), donate_argnums=0)
 
 
+def first_rows(array, n: int, mesh):
+  """The first `n` rows of a row-sharded array, replicated (slicing it in place would have to
+  say how its result is sharded)."""
+  return jax.jit(lambda a: jax.sharding.reshard(a[:n], sharding.replicated(mesh)))(array)
+
+
 def timed(fn, state, *args, steps, steps_per_call):
   """Seconds per step over `steps` steps taken `steps_per_call` a call, `fn` compiled already.
 
@@ -91,7 +97,7 @@ def main(argv):
 
   fixed_fn = fixed_batch_fn(config, run.model, run.optimizer, mesh, device_loop=call_steps > 1)
   # The training split's first rows as one fixed batch (only these rows come to the host).
-  batch = [sharding.shard_rows(jax.device_get(a[:config.batch_size]), mesh)
+  batch = [sharding.shard_rows(jax.device_get(first_rows(a, config.batch_size, mesh)), mesh)
            for a in (splits.train_images, splits.train_labels)]
   fixed_state = run.new_state()
   fixed_state = fixed_fn(fixed_state, *batch, jnp.int32(1))

@@ -216,8 +216,8 @@ def airbench_config(*, epochs: float, lr: float, weight_decay: float = 0.0153,
   c = base_config()
   c.dataset.name = 'cifar10'
   c.model = model_config('airbench', **{
-      'widths': (64, 256, 256), 'convs_per_group': 2, 'residual': False, 'dtype': 'float32',
-      **model_fields})
+      'widths': (64, 256, 256), 'convs_per_group': 2, 'residual': False,
+      'whiten_examples': 5000, 'dtype': 'float32', **model_fields})
   c.model.normalization = 'cifar10'  # airbench's fixed channel statistics.
   c.batch_size = batch_size
   c.eval_batch_size = 1000
