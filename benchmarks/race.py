@@ -120,6 +120,9 @@ def _cuda_on_cpu(torch, airbench):
      torch.cuda.synchronize, torch.load, loader_init.__defaults__) = saved
 
 
+_SCHEMAS = []
+
+
 def _import_airbench():
   """(torch, airbench), or None when either is missing."""
   try:
@@ -132,7 +135,7 @@ def _import_airbench():
     library = torch.library.Library('torchvision', 'DEF')
     library.define('nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor')
     library.define('qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor')
-    _import_airbench.library = library
+    _SCHEMAS.append(library)  # The schemas live as long as their library object.
   try:
     import airbench
   except ImportError:

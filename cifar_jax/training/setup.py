@@ -38,11 +38,11 @@ class Splits:
 class Run:
   """Everything a training run uses, built once by `setup`.
 
-  `init_fn(seed) -> state` creates a fresh state (with the model's data-dependent
-  initialisation, if it has one); `train_fn(state, images, labels, stop_step) -> (state, metric
-  sums)` takes steps until `stop_step` (never across an epoch); `eval_fn(state, images, labels,
-  mask) -> sums` evaluates a whole split; `monitor_fn(state, loss) -> state` feeds plateau and
-  early stopping. Each is compiled once, at its first call.
+  `init_fn(seed key, train images) -> state` creates a fresh state (with the model's
+  data-dependent initialisation, if it has one); `train_fn(state, images, labels, stop_step) ->
+  (state, metric sums)` takes steps until `stop_step` (never across an epoch); `eval_fn(state,
+  images, labels, mask) -> sums` evaluates a whole split; `monitor_fn(state, loss) -> state`
+  feeds plateau and early stopping. Each is compiled once, at its first call.
   """
   config: ml_collections.ConfigDict
   mesh: jax.sharding.Mesh
