@@ -9,7 +9,6 @@ import os
 
 import ml_collections
 import numpy as np
-import tensorboardX
 
 from cifar_jax import config as config_lib
 
@@ -72,6 +71,13 @@ def _jsonable(value):
   return value
 
 
+def tensorboard_writer(workdir: str):
+  """A tensorboardX writer on `workdir/tensorboard`. Imported here, when first needed: with
+  PyTorch installed, importing tensorboardX imports PyTorch (about a second per command)."""
+  import tensorboardX  # noqa: PLC0415
+  return tensorboardX.SummaryWriter(os.path.join(workdir, 'tensorboard'))
+
+
 class MetricsLog:
   """Appends one JSON object per evaluation to `metrics.jsonl` and mirrors scalars to TensorBoard.
 
@@ -81,8 +87,7 @@ class MetricsLog:
   def __init__(self, workdir: str, enabled: bool = True):
     """`enabled=False` (all processes but the first of a multi-process job) writes nothing."""
     self._path = os.path.join(workdir, 'metrics.jsonl')
-    self._tensorboard = (tensorboardX.SummaryWriter(os.path.join(workdir, 'tensorboard'))
-                         if enabled else None)
+    self._tensorboard = tensorboard_writer(workdir) if enabled else None
 
   def write(self, record: dict) -> None:
     if self._tensorboard is None:

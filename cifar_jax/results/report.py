@@ -14,7 +14,6 @@ import os
 
 import jax
 import numpy as np
-import tensorboardX
 
 from cifar_jax import workdir as workdir_lib
 from cifar_jax.data import splits as splits_lib
@@ -127,7 +126,7 @@ def write(workdir: str, trained: restore.Trained, analysis: dict) -> str:
 
 def _to_tensorboard(workdir: str, figures: dict, step: int) -> None:
   import matplotlib.image  # noqa: PLC0415 (plots chose the backend)
-  writer = tensorboardX.SummaryWriter(os.path.join(workdir, 'tensorboard'))
+  writer = workdir_lib.tensorboard_writer(workdir)
   try:
     for name, path in figures.items():
       writer.add_image(f'report/{name}', matplotlib.image.imread(path)[..., :3], step,
