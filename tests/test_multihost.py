@@ -13,7 +13,7 @@ import time
 
 import jax
 import pytest
-from conftest import REPO, assert_trees_close, load_config_file
+from conftest import REPO, XLA_TEST_FLAGS, assert_trees_close, load_config_file
 
 from cifar_jax import sharding
 from cifar_jax.results import restore
@@ -34,7 +34,7 @@ def start(workdir, num_processes: int, devices_each: int, *flags) -> list[subpro
   """`num_processes` training processes of `devices_each` CPU devices, as one job."""
   port = free_port()
   env = dict(os.environ, JAX_PLATFORMS='cpu',
-             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices_each}')
+             XLA_FLAGS=f'{XLA_TEST_FLAGS} --xla_force_host_platform_device_count={devices_each}')
   job = []
   for i in range(num_processes):
     distributed = ([f'--coordinator_address=127.0.0.1:{port}',
