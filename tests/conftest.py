@@ -8,9 +8,9 @@ import pickle
 import subprocess
 import sys
 
-# Compiling is most of the suite's time. LLVM's optimisation level 0 compiles about a quarter
-# faster and computes the same programs (only its machine code is slower); the commands the
-# tests start inherit it. Must happen before JAX initialises its backends.
+# Compiling is most of the suite's time. At LLVM's optimisation level 0 XLA compiles the same
+# programs about a quarter faster into slower machine code; the commands the tests start
+# inherit it. Must happen before JAX initialises its backends.
 XLA_TEST_FLAGS = '--xla_backend_optimization_level=0'
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                            + f" {XLA_TEST_FLAGS} --xla_force_host_platform_device_count=8")
