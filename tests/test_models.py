@@ -391,6 +391,21 @@ def test_two_train_steps_on_8_devices(name, fields, monkeypatch):
 # The shared layers.
 
 
+@pytest.mark.parametrize('shape,window', [((3, 31, 31, 5), 2), ((2, 7, 7, 4), 3),
+                                          ((2, 8, 6, 3), 2)])
+def test_max_pool_and_its_gradient_are_xlas(shape, window):
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=shape).astype(np.float32)
+  x[0, 0, 0, 0] = x[0, 0, 1, 0]  # Tied maxima: the gradient goes to the first of them alone.
+  x[1] = np.round(x[1])  # Many ties.
+  x[-1, :window, :window] = 0.0  # A window all of one value.
+  g = rng.normal(size=(shape[0], shape[1] // window, shape[2] // window, shape[3]))
+  expected = jax.vjp(lambda x: nn.max_pool(x, (window, window), (window, window)), x)
+  actual = jax.vjp(lambda x: layers.max_pool(x, window), x)
+  np.testing.assert_array_equal(actual[0], expected[0])
+  np.testing.assert_array_equal(actual[1](g)[0], expected[1](g)[0])
+
+
 @pytest.mark.parametrize('kernel,strides,padding', [
     ((3, 3, 5, 7), (1, 1), 'SAME'), ((3, 3, 5, 7), (2, 2), ((1, 1), (1, 1))),
     ((2, 2, 5, 4), (1, 1), 'VALID'), ((4, 4, 5, 4), (4, 4), 'VALID'),

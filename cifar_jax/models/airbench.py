@@ -86,7 +86,7 @@ class Airbench(nn.Module):
     def conv_norm_gelu(x, features, index, group, pool=False):
       x = conv(features, name=f'group{group}_conv{index}')(x)
       if pool:
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = layers.max_pool(x, 2)
       x = norm(name=f'group{group}_norm{index}')(x)
       return nn.gelu(x, approximate=False).astype(self.dtype)
 
@@ -97,7 +97,7 @@ class Airbench(nn.Module):
         x = conv_norm_gelu(x, features, index, group)
       if self.residual:
         x = x + shortcut
-    x = nn.max_pool(x, (3, 3), strides=(3, 3))
+    x = layers.max_pool(x, 3)
     x = x.reshape(x.shape[0], -1)
     x = nn.Dense(self.num_classes, use_bias=False, kernel_init=_torch_default, dtype=self.dtype,
                  param_dtype=jnp.float32, name='head')(x)
