@@ -7,7 +7,18 @@ the code that uses them, when a run is set up (`check_config` in `augment/inputs
 `training/update.py`, `training/hem.py`, `training/optim.py`, `training/setup.py`,
 and `models.from_config`), so a bad value is one line naming its field.
 """
+import importlib.util
+import os
+
 import ml_collections
+
+
+def from_file(path: str) -> ml_collections.ConfigDict:
+  """`get_config()` of a config file such as `configs/resnet_c10.py`."""
+  spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -136,6 +147,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.hem.fraction = 0.25  # 'topk': share of the global batch boosted.
   c.hem.boost = 2.0  # 'topk': weight of a hard example relative to the others.
   c.hem.temperature = 1.0  # 'softmax': weight proportional to exp(loss / temperature).
+  # Share of the run's steps trained without mining before it starts (2/3: the last third).
+  c.hem.start_fraction = 0.0
 
   # Fine-tuning a pretrained model (`model.init_from`): the parameters under
   # `head` form one group, all others the backbone.

@@ -6,7 +6,6 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -34,8 +33,7 @@ class Linear(nn.Module):
 
 NO_AUGMENT = config_lib.base_config().augment.copy_and_resolve_references()
 NO_AUGMENT.update({'crop_padding': 0, 'flip': False})
-NO_HEM = ml_collections.ConfigDict({'mode': 'off', 'fraction': 0.25, 'boost': 2.0,
-                                    'temperature': 1.0})
+NO_HEM = config_lib.base_config().hem.copy_and_resolve_references()
 
 
 def setup(ema=False):
@@ -52,11 +50,23 @@ def setup(ema=False):
 
 def run_step(model, optimizer, state, images, labels, **options):
   fn = functools.partial(step.train_step, model=model, optimizer=optimizer,
-                         augment_config=NO_AUGMENT, hem_config=NO_HEM, **options)
+                         augment_config=NO_AUGMENT, **{'hem_config': NO_HEM, **options})
   mesh = Mesh(np.array(jax.devices()[:1]), ('data',))
   mapped = jax.shard_map(fn, mesh=mesh, in_specs=(P(), P('data'), P('data'), P(), P('data'), P()),
                          out_specs=(P(), P()))
   return jax.jit(mapped)(state, images, labels, jax.random.PRNGKey(1), np.arange(len(labels)), 0)
+
+
+def test_mining_starts_after_its_share_of_the_run():
+  model, optimizer, state, images, labels = setup()
+  hem_config = NO_HEM.copy_and_resolve_references()
+  hem_config.update(mode='topk', fraction=0.25, boost=3.0, start_fraction=0.5)
+  mined_weight = 3.0 / ((2 * 3.0 + 6) / 8)  # The hardest 2 of 8 at 3x, normalised to mean 1.
+  # Of 4 steps, the first 2 (steps 0 and 1) train without mining.
+  for step_number, weight_max in ((0, 1.0), (1, 1.0), (2, mined_weight), (3, mined_weight)):
+    _, totals = run_step(model, optimizer, state.replace(step=step_number), images, labels,
+                         hem_config=hem_config, total_steps=4)
+    assert float(totals['hem_weight_max']) == pytest.approx(weight_max), step_number
 
 
 def mean_loss(model, params, images, labels, smoothing=0.0):

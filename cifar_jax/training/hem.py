@@ -23,6 +23,9 @@ def check_config(hem_config) -> None:
     raise UserError(f'config.hem.boost must be positive, got {hem_config.boost}.')
   if hem_config.temperature <= 0:
     raise UserError(f'config.hem.temperature must be positive, got {hem_config.temperature}.')
+  if not 0 <= hem_config.start_fraction < 1:
+    raise UserError(f'config.hem.start_fraction must be in [0, 1), got '
+                    f'{hem_config.start_fraction}.')
 
 
 def _topk_weights(losses, fraction, boost, axis_name):
@@ -50,7 +53,7 @@ def _softmax_weights(losses, temperature, axis_name):
 
 
 def example_weights(losses, *, mode: str, fraction: float, boost: float, temperature: float,
-                    axis_name: str):
+                    axis_name: str, active=True):
   """Per-example weights (mean 1 over the global batch) and their statistics.
 
   Args:
@@ -59,6 +62,7 @@ def example_weights(losses, *, mode: str, fraction: float, boost: float, tempera
     fraction, boost: 'topk' settings.
     temperature: 'softmax' setting.
     axis_name: the named data axis the global batch is split over.
+    active: bool (may be traced); False gives every example weight 1 (mining not started).
 
   Returns:
     (weights [local_batch], {'hem_weight_max', 'hem_ess'}), where the effective
@@ -74,6 +78,7 @@ def example_weights(losses, *, mode: str, fraction: float, boost: float, tempera
     weights = _softmax_weights(losses, temperature, axis_name)
   else:
     raise ValueError(f'unknown hard example mining mode {mode!r}')
+  weights = jnp.where(active, weights, 1.0)
   stats = {
       'hem_weight_max': lax.pmax(jnp.max(weights), axis_name),
       # Mean weight is 1, so the effective sample size is 1 / mean(w^2).

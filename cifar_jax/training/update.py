@@ -46,7 +46,8 @@ def update(state, inputs, targets, labels, step_key, *, model, optimizer, hem_co
     ema_decay: Weight EMA decay per step; 0 is off.
     loss_reduction: 'mean' or 'sum' of the per-example losses over the global batch.
     lookahead: `config.lookahead` (None or `every` 0 is off).
-    total_steps: The run's length in steps, which lookahead's decay grows towards.
+    total_steps: The run's length in steps, which lookahead's decay grows towards and
+      `hem_config.start_fraction` is a share of.
 
   Returns:
     The new state and this step's metrics, summed over the global batch.
@@ -64,7 +65,8 @@ def update(state, inputs, targets, labels, step_key, *, model, optimizer, hem_co
     losses = optax.softmax_cross_entropy(logits, targets)
     weights, hem_stats = hem.example_weights(
         losses, mode=hem_config.mode, fraction=hem_config.fraction, boost=hem_config.boost,
-        temperature=hem_config.temperature, axis_name=DATA_AXIS)
+        temperature=hem_config.temperature, axis_name=DATA_AXIS,
+        active=state.step >= round(hem_config.start_fraction * total_steps))
     batch_stats = new_variables.get('batch_stats', {})
     return loss_scale * jnp.mean(weights * losses), (logits, losses, batch_stats, hem_stats)
 
