@@ -11,7 +11,6 @@ Markdown table with the ratio cifar_jax / PyTorch. Meant for CPUs; it runs where
 frameworks do. The PyTorch networks below mirror cifar_jax's: airbench94, the simple CNN and the
 CIFAR ResNet-18 (3x3 stem, no max-pool).
 """
-import importlib.util
 import os
 import statistics
 import sys
@@ -26,13 +25,18 @@ from absl import logging as absl_logging
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from throughput import first_rows, fixed_batch_fn  # noqa: E402 (a script beside this one)
 
+from cifar_jax import config as config_lib  # noqa: E402
 from cifar_jax import sharding  # noqa: E402
 from cifar_jax.training import setup as setup_lib  # noqa: E402
 
-_NETWORKS = flags.DEFINE_list('networks', ['airbench', 'simple_cnn', 'resnet18'], 'Networks.')
-_DTYPES = flags.DEFINE_list('dtypes', ['float32', 'bfloat16'], 'Compute dtypes.')
-_STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps per round and side.')
-_ROUNDS = flags.DEFINE_integer('rounds', 2, 'Alternations of the two sides.')
+
+def define_flags():
+  """This script's flags, defined when it runs (not when another script imports it)."""
+  global _NETWORKS, _DTYPES, _STEPS, _ROUNDS
+  _NETWORKS = flags.DEFINE_list('networks', ['airbench', 'simple_cnn', 'resnet18'], 'Networks.')
+  _DTYPES = flags.DEFINE_list('dtypes', ['float32', 'bfloat16'], 'Compute dtypes.')
+  _STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps per round and side.')
+  _ROUNDS = flags.DEFINE_integer('rounds', 2, 'Alternations of the two sides.')
 
 CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'configs')
 # Network -> (config file, batch): the batch each recipe trains with.
@@ -40,14 +44,11 @@ NETWORKS = {'airbench': ('airbench94_c10.py', 1024), 'simple_cnn': ('simple_cnn_
             'resnet18': ('resnet_c10.py', 128)}
 
 
-def jax_step(network: str, dtype: str):
-  """() -> seconds of one compiled train step of cifar_jax's network."""
-  path = os.path.join(CONFIGS, NETWORKS[network][0])
-  spec = importlib.util.spec_from_file_location('config', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
-  batch = NETWORKS[network][1]
+def jax_step(network: str, dtype: str, batch: int | None = None):
+  """() -> seconds of one compiled train step of cifar_jax's network (at the recipe's batch
+  unless `batch` is given)."""
+  config = config_lib.from_file(os.path.join(CONFIGS, NETWORKS[network][0]))
+  batch = batch or NETWORKS[network][1]
   config.update_from_flattened_dict({
       'dataset.source': 'synthetic', 'dataset.synthetic_train_size': batch,
       'dataset.synthetic_test_size': 100, 'eval_batch_size': 100, 'batch_size': batch,
@@ -123,22 +124,27 @@ def torch_networks(torch):
   return {'airbench': airbench, 'simple_cnn': simple_cnn, 'resnet18': resnet18}
 
 
-def torch_step(network: str, dtype: str):
-  """() -> seconds of one PyTorch train step of the same network."""
+def torch_step(network: str, dtype: str, batch: int | None = None, compiled: bool = False):
+  """() -> seconds of one PyTorch train step of the same network, on the GPU when there is one
+  (at the recipe's batch unless `batch` is given; `compiled`: through `torch.compile`)."""
   import torch
-  batch = NETWORKS[network][1]
-  net = torch_networks(torch)[network]().to(memory_format=torch.channels_last)
+  device = 'cuda' if torch.cuda.is_available() else 'cpu'
+  batch = batch or NETWORKS[network][1]
+  net = torch_networks(torch)[network]().to(device, memory_format=torch.channels_last)
   optimizer = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9, nesterov=True)
-  x = torch.randn(batch, 3, 32, 32).to(memory_format=torch.channels_last)
-  y = torch.randint(0, 10, (batch,))
+  x = torch.randn(batch, 3, 32, 32, device=device).to(memory_format=torch.channels_last)
+  y = torch.randint(0, 10, (batch,), device=device)
+  forward = torch.compile(net) if compiled else net
 
   def step():
     start = time.perf_counter()
-    with torch.autocast('cpu', dtype=torch.bfloat16, enabled=dtype == 'bfloat16'):
-      loss = torch.nn.functional.cross_entropy(net(x).float(), y)
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=dtype == 'bfloat16'):
+      loss = torch.nn.functional.cross_entropy(forward(x).float(), y)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
+    if device == 'cuda':
+      torch.cuda.synchronize()
     return time.perf_counter() - start
 
   step()
@@ -168,4 +174,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

@@ -34,13 +34,17 @@ from cifar_jax.data import splits as splits_lib
 from cifar_jax.training import evaluation
 from cifar_jax.training import setup as setup_lib
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', os.path.join(os.path.dirname(__file__), '..', 'configs', 'airbench94_c10.py'),
-    'The fast config.', lock_config=True)
-_RUNS = flags.DEFINE_integer('runs', 2, 'Timed runs per side, after a warm-up.')
-_EPOCHS = flags.DEFINE_float('epochs', 0.0, 'Epochs of both sides; 0 keeps each recipe\'s own.')
-_SIDES = flags.DEFINE_enum('sides', 'both', ['both', 'cifar_jax', 'airbench'], 'Who races.')
-_OUT = flags.DEFINE_string('out', '', 'Directory for race.json and race.md; empty: print only.')
+
+def define_flags():
+  """This script's flags, defined when it runs (not when another script imports it)."""
+  global _CONFIG, _RUNS, _EPOCHS, _SIDES, _OUT
+  _CONFIG = config_flags.DEFINE_config_file(
+      'config', os.path.join(os.path.dirname(__file__), '..', 'configs', 'airbench94_c10.py'),
+      'The fast config.', lock_config=True)
+  _RUNS = flags.DEFINE_integer('runs', 2, 'Timed runs per side, after a warm-up.')
+  _EPOCHS = flags.DEFINE_float('epochs', 0.0, 'Epochs of both sides; 0 keeps each recipe\'s own.')
+  _SIDES = flags.DEFINE_enum('sides', 'both', ['both', 'cifar_jax', 'airbench'], 'Who races.')
+  _OUT = flags.DEFINE_string('out', '', 'Directory for race.json and race.md; empty: print only.')
 
 
 class CifarJaxSide:
@@ -123,7 +127,7 @@ def _cuda_on_cpu(torch, airbench):
 _SCHEMAS = []
 
 
-def _import_airbench():
+def import_airbench():
   """(torch, airbench), or None when either is missing."""
   try:
     import torch
@@ -213,7 +217,7 @@ class AirbenchSide:
     return model, total[0] / 1e3
 
 
-def _mean_sd(values) -> str:
+def mean_sd(values) -> str:
   if len(values) < 2:
     return f'{values[0]:.4g}'
   return f'{statistics.mean(values):.4g} ± {statistics.stdev(values):.2g}'
@@ -237,9 +241,9 @@ def summary(sides: dict, results: dict, runs: int, epochs) -> tuple[list, str]:
     ratio = f'{statistics.mean(row["seconds"]) / base:.3g}' if base else '-'
     lines.append(
         f'| {row["system"]} | {row["device"]}, {row["dtype"]} | {row["runs"]} | {row["epochs"]} '
-        f'| {_mean_sd([100 * a for a in row["accuracy"]])} '
-        f'| {_mean_sd([100 * a for a in row["tta_accuracy"]])} '
-        f'| {_mean_sd(row["seconds"])} | {row["compile_seconds"]:.1f} | {ratio} |')
+        f'| {mean_sd([100 * a for a in row["accuracy"]])} '
+        f'| {mean_sd([100 * a for a in row["tta_accuracy"]])} '
+        f'| {mean_sd(row["seconds"])} | {row["compile_seconds"]:.1f} | {ratio} |')
   return rows, '\n'.join(lines)
 
 
@@ -253,7 +257,7 @@ def main(argv):
   if _SIDES.value in ('both', 'cifar_jax'):
     sides['cifar_jax'] = CifarJaxSide(config)
   if _SIDES.value in ('both', 'airbench'):
-    imported = _import_airbench()
+    imported = import_airbench()
     if imported is None:
       print('airbench or torch is not importable: racing cifar_jax alone.', file=sys.stderr)
     else:
@@ -277,4 +281,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

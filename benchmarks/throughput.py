@@ -76,14 +76,12 @@ def timed(fn, state, *args, steps, steps_per_call):
   return (time.perf_counter() - begin) / (stop_step - start_step), state
 
 
-def main(argv):
-  del argv
-  absl_logging.set_verbosity(absl_logging.WARNING)
-  config = _CONFIG.value
+def measure(config, steps: int) -> dict:
+  """The figures this script prints, for `config`, over `steps` timed steps."""
   run = setup_lib.setup(config)
   splits, mesh = run.splits, run.mesh
   # Steady-state steps must not cross an epoch boundary within one call.
-  steps = min(_STEPS.value, run.steps_per_epoch - 1)
+  steps = min(steps, run.steps_per_epoch - 1)
   call_steps = min(run.steps_per_call, steps)
 
   state = run.new_state()
@@ -103,7 +101,7 @@ def main(argv):
   fixed_state = fixed_fn(fixed_state, *batch, jnp.int32(1))
   fixed_seconds, _ = timed(fixed_fn, fixed_state, *batch, steps=steps, steps_per_call=call_steps)
 
-  print(json.dumps({
+  return {
       'model': config.model.name, 'dtype': config.model.dtype, 'dataset': config.dataset.name,
       'source': config.dataset.source, 'devices': jax.device_count(),
       'device_kind': jax.devices()[0].device_kind, 'global_batch': config.batch_size,
@@ -114,7 +112,13 @@ def main(argv):
       'fixed_batch_step_seconds': round(fixed_seconds, 5),
       'input_pipeline_overhead': round(step_seconds / fixed_seconds - 1, 4),
       'compilations_after_warmup': compilations.count,
-  }))
+  }
+
+
+def main(argv):
+  del argv
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  print(json.dumps(measure(_CONFIG.value, _STEPS.value)))
 
 
 if __name__ == '__main__':

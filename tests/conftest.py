@@ -2,7 +2,6 @@
 
 JAX sees 8 CPU devices, so parallel code runs as on 8 GPUs.
 """
-import importlib.util
 import os
 import pickle
 import subprocess
@@ -36,6 +35,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
+from cifar_jax import config as config_lib
 from cifar_jax import data, sharding
 
 
@@ -99,10 +99,7 @@ def assert_trees_close_to_scale(a, b, tol):
 
 def load_config_file(path):
   """`get_config()` of a config file."""
-  spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return config_lib.from_file(path)
 
 
 def run_command(module, *flags, **kwargs):
