@@ -44,7 +44,6 @@ import throughput  # noqa: E402
 
 from cifar_jax import config as config_lib  # noqa: E402
 from cifar_jax import workdir as workdir_lib  # noqa: E402
-from cifar_jax.data import splits as splits_lib  # noqa: E402
 from cifar_jax.training import loop  # noqa: E402
 
 _DATA_DIR = flags.DEFINE_string('data_dir', '', 'Directory holding cifar-10-batches-py/.')
@@ -80,16 +79,8 @@ def fast_config(name: str = 'airbench94_c10', **overrides):
 def section_race() -> dict:
   runs = 1 if _SMOKE.value else 5
   config = fast_config()
-  sides = {'cifar_jax': race.CifarJaxSide(config)}
-  imported = race.import_airbench()
-  if imported is not None and not _SMOKE.value:
-    dataset, host_splits = splits_lib.load_splits(config)
-    sides['airbench'] = race.AirbenchSide(*imported, host_splits, dataset.class_names,
-                                          epochs=config.num_epochs)
-  results = {name: [] for name in sides}
-  for i in range(runs):
-    for name, side in sides.items():  # Alternating: A B A B.
-      results[name].append(side.train(seed=config.seed + i))
+  sides = race.make_sides(config, 'cifar_jax' if _SMOKE.value else 'both')
+  results = race.race(sides, runs, config.seed)
   rows, table = race.summary(sides, results, runs, config.num_epochs)
   note = '' if 'airbench' in sides else '\n\nairbench was not raced (not importable, or smoke).'
   return {'rows': rows, 'runs': results, 'markdown': table + note}

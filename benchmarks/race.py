@@ -247,16 +247,13 @@ def summary(sides: dict, results: dict, runs: int, epochs) -> tuple[list, str]:
   return rows, '\n'.join(lines)
 
 
-def main(argv):
-  del argv
-  absl_logging.set_verbosity(absl_logging.WARNING)
-  config = _CONFIG.value
-  if _EPOCHS.value:
-    config.num_epochs = _EPOCHS.value
+def make_sides(config, which: str = 'both') -> dict:
+  """Name -> side, set up and warmed up: cifar_jax with `config`, and airbench94 on the same
+  images and epochs where it is importable. `which`: 'both', 'cifar_jax' or 'airbench'."""
   sides = {}
-  if _SIDES.value in ('both', 'cifar_jax'):
+  if which in ('both', 'cifar_jax'):
     sides['cifar_jax'] = CifarJaxSide(config)
-  if _SIDES.value in ('both', 'airbench'):
+  if which in ('both', 'airbench'):
     imported = import_airbench()
     if imported is None:
       print('airbench or torch is not importable: racing cifar_jax alone.', file=sys.stderr)
@@ -264,12 +261,29 @@ def main(argv):
       dataset, host_splits = splits_lib.load_splits(config)
       sides['airbench'] = AirbenchSide(*imported, host_splits, dataset.class_names,
                                        epochs=config.num_epochs)
+  return sides
+
+
+def race(sides: dict, runs: int, first_seed: int) -> dict:
+  """Name -> the results of `runs` runs per side, seeds first_seed, first_seed + 1, ...,
+  the sides alternating (A B A B) so drift in the machine's speed hits both."""
   results = {name: [] for name in sides}
-  for i in range(_RUNS.value):
-    for name, side in sides.items():  # Alternating: A B A B.
-      result = side.train(seed=config.seed + i)
+  for i in range(runs):
+    for name, side in sides.items():
+      result = side.train(seed=first_seed + i)
       results[name].append(result)
       print(f'{name} run {i}: {json.dumps(result)}', file=sys.stderr, flush=True)
+  return results
+
+
+def main(argv):
+  del argv
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  config = _CONFIG.value
+  if _EPOCHS.value:
+    config.num_epochs = _EPOCHS.value
+  sides = make_sides(config, _SIDES.value)
+  results = race(sides, _RUNS.value, config.seed)
   rows, table = summary(sides, results, _RUNS.value, config.num_epochs)
   print(table)
   if _OUT.value:
