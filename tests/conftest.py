@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 # Compiling is most of the suite's time. At LLVM's optimisation level 0 XLA compiles the same
-# programs about a quarter faster into slower machine code; the commands the tests start
+# programs about a fifth faster into slower machine code; the commands the tests start
 # inherit it. Must happen before JAX initialises its backends.
 XLA_TEST_FLAGS = '--xla_backend_optimization_level=0'
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")

@@ -73,8 +73,8 @@ def max_pool(x, window: int):
 
   On a CPU it is a reshape and a max, and its gradient goes to the first maximum of each
   window in row-major order, as XLA's and PyTorch's pooling gradients do; XLA:CPU otherwise
-  computes that gradient with a scatter of index arrays the size of the input (measured: the
-  pooling gradients were about a fifth of the airbench step on a 2-core CPU). Elsewhere it calls
+  computes that gradient with a scatter of index arrays the size of the input (replacing it made
+  the airbench step at batch 1024 about 1.28x faster on a 2-core CPU). Elsewhere it calls
   `nn.max_pool`.
   """
   if jax.default_backend() != 'cpu':
