@@ -6,13 +6,18 @@
 Any image Pillow reads (PNG, JPEG, GIF, BMP, WebP, ...) of any size: it is centre-cropped to a
 square and resized to 32x32, as CIFAR's images are, then goes through the model as the test
 split does (with `eval_flip_tta` if the run used it). A directory stands for the files in it
-(sorted, not recursive). Prints one line per image, `FILE: class probability, ...`, or with
-`--json` one JSON object per image. A file that cannot be read gets an error line and the
-others are still predicted; the exit status is then 1.
+(sorted, not recursive; only its regular files). Prints one line per image, `FILE: class
+probability, ...`, or with `--json` one JSON object per image. A file that fails gets one error
+line on stderr naming it and the cause, and the others are still predicted; the exit status is
+then 1. Failures: missing or unreadable, not a regular file (a FIFO, socket or device is never
+opened, so it cannot hang the command), not an image, or more pixels than Pillow decodes
+(`2 * PIL.Image.MAX_IMAGE_PIXELS`, a possible decompression bomb).
 """
 import json
 import os
+import stat
 import sys
+import warnings
 
 import jax
 import numpy as np
@@ -31,31 +36,73 @@ _JSON = flags.DEFINE_bool('json', False, 'One JSON object per image instead of t
 IMAGE_SIZE = 32
 
 
-def expand(paths: list[str]) -> list[str]:
-  """The files named, with each directory replaced by the files in it (sorted)."""
-  files = []
+def expand(paths: list[str]) -> tuple[list[str], dict[str, str]]:
+  """The files named, with each directory replaced by the regular files in it (sorted), and an
+  error message for each directory that cannot be listed (it stays in the list, in its place)."""
+  files, errors = [], {}
   for path in paths:
     if os.path.isdir(path):
-      files += sorted(os.path.join(path, name) for name in os.listdir(path)
-                      if os.path.isfile(os.path.join(path, name)))
+      try:
+        names = sorted(os.listdir(path))
+      except OSError as e:
+        files.append(path)
+        errors[path] = f'{path}: cannot list this directory ({e.strerror or e})'
+        continue
+      files += [os.path.join(path, name) for name in names
+                if os.path.isfile(os.path.join(path, name))]
     else:
       files.append(path)
-  return files
+  return files, errors
+
+
+# What a path is when it is not a regular file, for its error message.
+_NOT_REGULAR = ((stat.S_ISDIR, 'a directory'), (stat.S_ISFIFO, 'a FIFO'),
+                (stat.S_ISSOCK, 'a socket'), (stat.S_ISCHR, 'a character device'),
+                (stat.S_ISBLK, 'a block device'))
+
+
+def open_regular_file(path: str):
+  """`path` opened for binary reading, if it is a regular file.
+
+  Checked with `os.stat` first: opening a FIFO waits for a writer, forever, and opening a device
+  may have effects. Opened non-blocking, so a file swapped for a FIFO since cannot hang either.
+
+  Raises:
+    UserError: if `path` is missing, cannot be opened or is not a regular file.
+  """
+  try:
+    mode = os.stat(path).st_mode
+    if stat.S_ISREG(mode):
+      return os.fdopen(os.open(path, os.O_RDONLY | getattr(os, 'O_NONBLOCK', 0)), 'rb')
+  except FileNotFoundError:
+    raise UserError(f'{path}: no such file') from None
+  except OSError as e:
+    raise UserError(f'{path}: cannot be read ({e.strerror or e})') from None
+  kind = next((name for test, name in _NOT_REGULAR if test(mode)), 'not a file')
+  raise UserError(f'{path}: not a regular file ({kind}); name image files or directories.')
 
 
 def read_image(path: str) -> np.ndarray:
   """uint8 [32, 32, 3]: the centre square of the image, resized with antialiasing.
 
   Raises:
-    UserError: if the file is missing or is not an image Pillow can decode.
+    UserError: if the file is missing, unreadable or not a regular file, is not an image Pillow
+      can decode, or has more pixels than Pillow decodes (a possible decompression bomb).
   """
-  try:
-    with Image.open(path) as image:
-      image = image.convert('RGB')
-  except FileNotFoundError:
-    raise UserError(f'{path}: no such file') from None
-  except (UnidentifiedImageError, OSError, ValueError) as e:
-    raise UserError(f'{path}: not an image Pillow can read ({type(e).__name__}: {e})') from None
+  with open_regular_file(path) as file:
+    try:
+      with warnings.catch_warnings():
+        # Pillow warns above MAX_IMAGE_PIXELS and refuses above twice that (the error below):
+        # the pixels decoded are bounded either way, and a large photo is still an image.
+        warnings.simplefilter('ignore', Image.DecompressionBombWarning)
+        with Image.open(file) as image:
+          image = image.convert('RGB')
+    except UnidentifiedImageError:
+      raise UserError(f'{path}: not an image Pillow can read (no format it knows)') from None
+    except Image.DecompressionBombError as e:
+      raise UserError(f'{path}: refused as a possible decompression bomb ({e})') from None
+    except Exception as e:  # noqa: BLE001 (malformed files raise many types from Pillow's decoders)
+      raise UserError(f'{path}: not an image Pillow can read ({type(e).__name__}: {e})') from None
   side = min(image.size)
   left, top = (image.width - side) // 2, (image.height - side) // 2
   image = image.crop((left, top, left + side, top + side))
@@ -65,15 +112,17 @@ def read_image(path: str) -> np.ndarray:
 def predict(workdir: str, paths: list[str], which: str = 'best', top_k: int = 3) -> list[dict]:
   """One result per file: {'file', 'predictions': [{'class', 'probability'}...]} or {'file',
   'error'}, in the order given."""
-  files = expand(paths)
+  files, errors = expand(paths)
   if not files:
     raise UserError('no image files given: name image files or directories holding them.')
-  images, results = {}, []
+  images = {}
   for path in files:
+    if path in errors:
+      continue
     try:
       images[path] = read_image(path)
     except UserError as e:
-      results.append({'file': path, 'error': str(e)})
+      errors[path] = str(e)
   trained = restore.from_workdir(workdir, which)
   names = trained.classes['class_names']
   probabilities = (np.asarray(jax.nn.softmax(trained.logits(np.stack(list(images.values())))))
@@ -82,8 +131,8 @@ def predict(workdir: str, paths: list[str], which: str = 'best', top_k: int = 3)
   for path, probs in zip(images, probabilities, strict=True):
     best = np.argsort(-probs)[:top_k]
     predicted[path] = [{'class': names[i], 'probability': float(probs[i])} for i in best]
-  errors = {r['file']: r for r in results}
-  return [errors.get(path) or {'file': path, 'predictions': predicted[path]} for path in files]
+  return [{'file': path, 'error': errors[path]} if path in errors
+          else {'file': path, 'predictions': predicted[path]} for path in files]
 
 
 def main(argv):

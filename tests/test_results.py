@@ -1,14 +1,20 @@
 """The commands that show results: report (written by main), evaluate, predict and compare."""
 import csv
 import json
+import os
 import shutil
+import socket
+import struct
+import subprocess
+import sys
+import zlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import REPO, tiny_config, write_official_cifar100
 from conftest import run_command as run
-from conftest import tiny_config, write_official_cifar100
 from PIL import Image
 
 from cifar_jax import data, models, workdir
@@ -99,6 +105,43 @@ def test_predict_reports_bad_files_and_still_predicts_the_others(smoke_workdir, 
   assert f'{tmp_path / "notes.txt"}: not an image Pillow can read' in result.stderr
   assert f'{tmp_path / "missing.png"}: no such file' in result.stderr
   assert 'Traceback' not in result.stderr
+
+
+def png_claiming(width, height):
+  """A few bytes of PNG whose header claims `width` x `height` 1-bit pixels: Pillow reads the size
+  when it opens the file, as it would from a decompression bomb's few compressed kilobytes."""
+  def chunk(kind, data):
+    return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data))
+  header = struct.pack('>IIBBBBB', width, height, 1, 0, 0, 0, 0)
+  return (b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', header) + chunk(b'IDAT', zlib.compress(b''))
+          + chunk(b'IEND', b''))
+
+
+def test_predict_survives_bombs_fifos_and_special_files(smoke_workdir, tmp_path):
+  images = tmp_path / 'images'
+  write_test_images(images, count=2)
+  (images / 'bomb.png').write_bytes(png_claiming(30000, 30000))
+  fifo, sock = tmp_path / 'pipe.png', tmp_path / 'sock.png'
+  os.mkfifo(fifo)  # Opening it for reading would wait for a writer forever.
+  (tmp_path / 'notes.txt').write_text('not an image')
+  named = [images, fifo, sock, '/dev/null', tmp_path / 'notes.txt']
+  with socket.socket(socket.AF_UNIX) as listening:
+    listening.bind(str(sock))
+    # Not `run`: a hang must fail the test within minutes.
+    result = subprocess.run([sys.executable, '-m', 'cifar_jax.predict',
+                             f'--workdir={smoke_workdir}', *map(str, named)],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 1
+  assert [line.split(':')[0] for line in result.stdout.splitlines()] == [
+      str(images / 'test_0.png'), str(images / 'test_1.png')]
+  errors = result.stderr.splitlines()  # One line per failed file, in the order named.
+  expected = [f'{images / "bomb.png"}: refused as a possible decompression bomb (Image size',
+              f'{fifo}: not a regular file (a FIFO)', f'{sock}: not a regular file (a socket)',
+              '/dev/null: not a regular file (a character device)',
+              f'{tmp_path / "notes.txt"}: not an image Pillow can read']
+  assert len(errors) == len(expected), result.stderr[-3000:]
+  for line, start in zip(errors, expected, strict=True):
+    assert line.startswith(f'error: {start}'), line
 
 
 @pytest.mark.parametrize('files,args,message', [
