@@ -1,5 +1,6 @@
 """Tests for cifar_jax.data: the official files, downloading, tfds and synthetic data."""
 import builtins
+import codecs
 import functools
 import hashlib
 import http.server
@@ -239,6 +240,20 @@ def test_cifar100_coarse_labels_and_names(tmp_path):
   np.testing.assert_array_equal(dataset.train.coarse_labels, expected.train.labels // 5)
 
 
+@pytest.mark.parametrize('protocol', range(pickle.HIGHEST_PROTOCOL + 1))
+@pytest.mark.parametrize('name', ['cifar10', 'cifar100'])
+def test_load_files_repickled_at_any_protocol(tmp_path, name, protocol):
+  # How Python 3 re-writes a genuine file: read with encoding='bytes', so its
+  # keys and strings stay bytes, and dumped again.
+  files, expected = _small_copy(name)
+  files = {file_name: pickle.dumps(pickle.loads(content, encoding='bytes'), protocol=protocol)
+           for file_name, content in files.items()}
+  # Below protocol 3 bytes go through `_codecs.encode`, the case this test is for.
+  assert (b'_codecs' in files[_TEST_FILE[name]]) == (protocol < 3)
+  _write_folder(tmp_path, name, files)
+  _assert_dataset_equal(_load_local(tmp_path, name, download=False), expected)
+
+
 # --- Damaged and missing data. ---
 
 
@@ -325,34 +340,37 @@ def test_missing_archive_path(tmp_path):
 
 
 class _RunsOnLoad:
-  """Unpickling this calls `func(arg)`, as a malicious pickle would."""
+  """Unpickling this calls `func(*args)`, as a malicious pickle would."""
 
-  def __init__(self, func, arg):
+  def __init__(self, func, *args):
     self.func = func
-    self.arg = arg
+    self.args = args
 
   def __reduce__(self):
-    return self.func, (self.arg,)
+    return self.func, self.args
 
 
 def _payloads(marker):
   return {
       'os.system': _RunsOnLoad(os.system, f'touch {marker}'),
       'exec': _RunsOnLoad(builtins.exec, f'open({str(marker)!r}, "w").close()'),
+      'eval': _RunsOnLoad(builtins.eval, f'open({str(marker)!r}, "w").close()'),
   }
 
 
-@pytest.mark.parametrize('payload', ['os.system', 'exec'])
+# Protocols 0-2 store bytes through `_codecs.encode`, which the loader admits for that alone.
+@pytest.mark.parametrize('protocol', [0, 2, 5])
+@pytest.mark.parametrize('payload', ['os.system', 'exec', 'eval'])
 @pytest.mark.parametrize('where', ['folder', 'archive'])
-def test_planted_pickle_is_refused(tmp_path, payload, where):
+def test_planted_pickle_is_refused(tmp_path, payload, where, protocol):
   # The payload really runs code under a plain unpickler, so the test below is not vacuous.
   proof = tmp_path / 'proof'
-  pickle.loads(pickle.dumps({'data': _payloads(proof)[payload]}, protocol=2))
+  pickle.loads(pickle.dumps({b'data': _payloads(proof)[payload]}, protocol=protocol))
   assert proof.exists()
 
   marker = tmp_path / 'marker'
   files, _ = _small_copy('cifar10')
-  files['test_batch'] = pickle.dumps({'data': _payloads(marker)[payload]}, protocol=2)
+  files['test_batch'] = pickle.dumps({b'data': _payloads(marker)[payload]}, protocol=protocol)
   data_dir = tmp_path / 'data'
   data_dir.mkdir()
   (_write_folder if where == 'folder' else _write_archive)(data_dir, 'cifar10', files)
@@ -361,6 +379,15 @@ def test_planted_pickle_is_refused(tmp_path, payload, where):
   assert 'Refusing to load' in str(error.value)
   assert 'test_batch' in str(error.value)
   assert not marker.exists()
+
+
+def test_codecs_encode_is_admitted_only_to_store_bytes(tmp_path):
+  files, _ = _small_copy('cifar10')
+  files['test_batch'] = pickle.dumps(
+      {b'data': _RunsOnLoad(codecs.encode, 'payload', 'rot13')}, protocol=2)
+  _write_folder(tmp_path, 'cifar10', files)
+  with pytest.raises(UserError, match=r"Refusing to load _codecs.encode of a str to 'rot13'"):
+    _load_local(tmp_path, download=False)
 
 
 # --- Downloading. ---

@@ -41,6 +41,10 @@ _SAFE_GLOBALS = frozenset({
     ('numpy', 'ndarray'),
     ('numpy', 'dtype'),
 })
+# Python 3 re-pickles below protocol 3 store each bytes object as a call of
+# `_codecs.encode(text, 'latin1')`; it is admitted for that use alone.
+_CODECS_ENCODE = ('_codecs', 'encode')
+
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,12 +225,23 @@ class _RestrictedUnpickler(pickle.Unpickler):
     self._remedy = remedy
 
   def find_class(self, module: str, name: str) -> Any:
+    if (module, name) == _CODECS_ENCODE:
+      return self._latin1_bytes
     if (module, name) not in _SAFE_GLOBALS:
-      raise UserError(
-          f'Refusing to load {module}.{name} from {self._label}: CIFAR files hold only '
-          'arrays, lists, strings and numbers, so this is not a genuine CIFAR file and '
-          f'loading it could run arbitrary code. {self._remedy}')
+      raise self._refusal(f'{module}.{name}')
     return super().find_class(module, name)
+
+  def _latin1_bytes(self, text: str, encoding: str) -> bytes:
+    """`_codecs.encode`, limited to the one use pickle makes of it."""
+    if not isinstance(text, str) or encoding != 'latin1':
+      raise self._refusal(f'_codecs.encode of a {type(text).__name__} to {encoding!r}')
+    return text.encode('latin1')
+
+  def _refusal(self, what: str) -> UserError:
+    return UserError(
+        f'Refusing to load {what} from {self._label}: CIFAR files hold only '
+        'arrays, lists, strings and numbers, so this is not a genuine CIFAR file and '
+        f'loading it could run arbitrary code. {self._remedy}')
 
 
 def _unpickle_dict(layout: _Layout, member: _Member) -> dict[Any, Any]:
