@@ -336,6 +336,28 @@ def test_missing_archive_path(tmp_path):
     _load_local(tmp_path / 'cifar-10-python.tar.gz')
 
 
+@pytest.mark.parametrize('file_name', ['hostname', 'cifar-10-batches-py'])
+def test_data_dir_that_is_a_file(tmp_path, file_name):
+  path = tmp_path / file_name
+  path.write_text('my-host\n')
+  with pytest.raises(UserError) as error:
+    _load_local(path, download=False)
+  message = str(error.value)
+  assert message == (f'data_dir {path} is not a directory: --config.dataset.data_dir must be '
+                     'a directory (or the path of a .tar.gz archive of CIFAR-10).')
+
+
+def test_damaged_file_the_user_named_is_not_to_be_deleted(tmp_path):
+  path = tmp_path / 'my-backup.tar.gz'
+  path.write_text('not an archive')
+  with pytest.raises(UserError) as error:
+    _load_local(path, download=False)
+  message = str(error.value)
+  assert message.endswith(
+      f'Replace {path} with a fresh copy of https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz.')
+  assert 'Delete' not in message
+
+
 # --- A planted pickle must not run code. ---
 
 

@@ -46,7 +46,6 @@ _SAFE_GLOBALS = frozenset({
 _CODECS_ENCODE = ('_codecs', 'encode')
 
 
-
 @dataclasses.dataclass(frozen=True)
 class _Layout:
   """Where one dataset's files live and which keys hold what."""
@@ -89,7 +88,7 @@ class _Member(NamedTuple):
   """The bytes of one file of a dataset copy."""
   label: str  # How error messages name the file.
   data: bytes
-  copy_path: str  # The extracted folder or archive the file came from.
+  remedy: str  # What to do when the file is damaged.
 
 
 def load(name: str, data_dir: str, *, download_missing: bool, url_base: str) -> Dataset:
@@ -107,13 +106,23 @@ def load(name: str, data_dir: str, *, download_missing: bool, url_base: str) -> 
     The dataset.
 
   Raises:
-    UserError: The data is missing, cannot be downloaded, or is malformed.
+    UserError: `data_dir` is neither a directory nor a .tar.gz file, or the
+      data is missing, cannot be downloaded, or is malformed.
   """
   layout = _LAYOUTS[name]
+  url = f"{url_base.rstrip('/')}/{layout.archive}"
+  if os.path.exists(data_dir) and not os.path.isdir(data_dir) and not data_dir.endswith('.tar.gz'):
+    raise UserError(
+        f'data_dir {data_dir} is not a directory: --config.dataset.data_dir must be a '
+        f'directory (or the path of a .tar.gz archive of {layout.title}).')
   path = _find(layout, data_dir)
   if path is None:
-    path = _obtain(layout, data_dir, download_missing, url_base)
-  members = _read_archive(layout, path) if os.path.isfile(path) else _read_folder(layout, path)
+    path = _obtain(layout, data_dir, download_missing, url)
+  remedy = _remedy(layout, path, url, given=path == data_dir)
+  if os.path.isfile(path):
+    members = _read_archive(layout, path, remedy)
+  else:
+    members = _read_folder(layout, path, remedy)
   return _parse(layout, members)
 
 
@@ -122,15 +131,14 @@ def _find(layout: _Layout, data_dir: str) -> str | None:
   if os.path.isfile(data_dir):
     return data_dir
   # The extracted folder comes first: reading it needs no decompression.
-  for path in (os.path.join(data_dir, layout.folder), os.path.join(data_dir, layout.archive)):
-    if os.path.exists(path):
-      return path
-  return None
+  folder, archive = os.path.join(data_dir, layout.folder), os.path.join(data_dir, layout.archive)
+  if os.path.isdir(folder):
+    return folder
+  return archive if os.path.exists(archive) else None
 
 
-def _obtain(layout: _Layout, data_dir: str, download_missing: bool, url_base: str) -> str:
-  """Downloads the archive into `data_dir` if allowed; returns its path."""
-  url = f"{url_base.rstrip('/')}/{layout.archive}"
+def _obtain(layout: _Layout, data_dir: str, download_missing: bool, url: str) -> str:
+  """Downloads the archive from `url` into `data_dir` if allowed; returns its path."""
   if data_dir.endswith('.tar.gz'):
     raise UserError(
         f'{data_dir} does not exist. Download {url} to that path by hand, or pass '
@@ -152,25 +160,35 @@ def _missing_advice(layout: _Layout, data_dir: str, url: str) -> str:
       'it, or use --config.dataset.source=tfds.')
 
 
-def _remedy(layout: _Layout, copy_path: str) -> str:
-  return (f'Delete {copy_path} so that the next run downloads a fresh copy of '
-          f'{layout.archive}, or put one there yourself.')
+def _remedy(layout: _Layout, path: str, url: str, given: bool) -> str:
+  """What to do about a damaged copy at `path`.
+
+  Deleting is advised only for the official folder or archive that `_find`
+  looks for in the data directory, never for a file the user named itself.
+  """
+  if given:
+    return f'Replace {path} with a fresh copy of {url}.'
+  if os.path.isdir(path):
+    return (f'Delete {path} so that the next run reads {layout.archive} or downloads a fresh '
+            'copy of it, or extract a fresh copy there yourself.')
+  return (f'Delete {path} so that the next run downloads a fresh copy, or put a fresh copy '
+          f'of {url} there yourself.')
 
 
-def _read_folder(layout: _Layout, folder: str) -> dict[str, _Member]:
+def _read_folder(layout: _Layout, folder: str, remedy: str) -> dict[str, _Member]:
   """Reads the dataset's files from the extracted folder."""
   members = {}
   for file_name in layout.files:
     path = os.path.join(folder, file_name)
     try:
       with open(path, 'rb') as f:
-        members[file_name] = _Member(path, f.read(), folder)
+        members[file_name] = _Member(path, f.read(), remedy)
     except OSError as e:
-      raise UserError(f'Cannot read {path}: {e}. {_remedy(layout, folder)}') from e
+      raise UserError(f'Cannot read {path}: {e}. {remedy}') from e
   return members
 
 
-def _read_archive(layout: _Layout, archive: str) -> dict[str, _Member]:
+def _read_archive(layout: _Layout, archive: str, remedy: str) -> dict[str, _Member]:
   """Reads the dataset's files from the archive without extracting it."""
   wanted = {f'{layout.folder}/{file_name}': file_name for file_name in layout.files}
   members = {}
@@ -182,19 +200,18 @@ def _read_archive(layout: _Layout, archive: str) -> dict[str, _Member]:
         file_name = wanted.get(info.name)
         if file_name is not None and info.isfile():
           data = tar.extractfile(info).read()
-          members[file_name] = _Member(f'{archive}:{info.name}', data, archive)
+          members[file_name] = _Member(f'{archive}:{info.name}', data, remedy)
         if len(members) == len(wanted):
           break
   # A damaged archive fails in the tar layer, the gzip layer or in zlib.
   except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
     raise UserError(
-        f'{archive} is not a readable {layout.title} archive: {e}. '
-        f'{_remedy(layout, archive)}') from e
+        f'{archive} is not a readable {layout.title} archive: {e}. {remedy}') from e
   missing = sorted(name for name, file_name in wanted.items() if file_name not in members)
   if missing:
     raise UserError(
         f'{archive} lacks {", ".join(missing)}; it is not a complete copy of the '
-        f'{layout.title} python version. {_remedy(layout, archive)}')
+        f'{layout.title} python version. {remedy}')
   return members
 
 
@@ -246,16 +263,15 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 def _unpickle_dict(layout: _Layout, member: _Member) -> dict[Any, Any]:
   """Safely unpickles `member`, which must hold a dict; keys become str."""
-  remedy = _remedy(layout, member.copy_path)
   try:
-    obj = _RestrictedUnpickler(io.BytesIO(member.data), member.label, remedy).load()
+    obj = _RestrictedUnpickler(io.BytesIO(member.data), member.label, member.remedy).load()
   except UserError:
     raise
   # Damaged pickle data can fail in any number of ways, all meaning the same.
   except Exception as e:
     raise UserError(
         f'{member.label} is truncated or corrupt: unpickling it failed with '
-        f'{type(e).__name__}: {e}. {remedy}') from e
+        f'{type(e).__name__}: {e}. {member.remedy}') from e
   if not isinstance(obj, dict):
     raise _invalid(layout, member, f'it holds a {type(obj).__name__}, not a dict')
   return {_as_str(key): value for key, value in obj.items()}
@@ -269,7 +285,7 @@ def _as_str(value: Any) -> Any:
 def _invalid(layout: _Layout, member: _Member, problem: str) -> UserError:
   return UserError(
       f'{member.label} is not a valid {layout.title} file: {problem}. '
-      f'{_remedy(layout, member.copy_path)}')
+      f'{member.remedy}')
 
 
 def _entry(layout: _Layout, member: _Member, content: dict[Any, Any], key: str) -> Any:
