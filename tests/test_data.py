@@ -10,6 +10,7 @@ import pickle
 import socket
 import struct
 import tarfile
+import tempfile
 import threading
 import time
 
@@ -150,9 +151,21 @@ def _archive_bytes(name: str, files: dict[str, bytes]) -> bytes:
   return out.getvalue()
 
 
+@pytest.fixture(autouse=True)
+def published_md5(monkeypatch):
+  """The MD5s that local archives of the official names must have: a copy of the
+  published ones, to which `_write_archive` adds the archives it writes, since no
+  synthetic archive can have a published MD5."""
+  md5s = dict(official.ARCHIVE_MD5)
+  monkeypatch.setattr(official, 'ARCHIVE_MD5', md5s)
+  return md5s
+
+
 def _write_archive(data_dir, name: str, files: dict[str, bytes]):
+  """Writes an archive under its official name and publishes its MD5."""
   path = data_dir / _ARCHIVE[name]
   path.write_bytes(_archive_bytes(name, files))
+  official.ARCHIVE_MD5[path.name] = _md5(path.read_bytes())
   return path
 
 
@@ -318,6 +331,113 @@ def test_archive_of_the_other_dataset(tmp_path):
   archive = _write_archive(tmp_path, 'cifar100', _small_copy('cifar100')[0])
   with pytest.raises(UserError, match='lacks cifar-10-batches-py/batches.meta'):
     _load_local(archive, 'cifar10', download=False)
+
+
+def _with_readme(name: str = 'cifar10'):
+  """`_small_copy`, followed in an archive by 256 KiB that the loader does not read."""
+  files, expected = _small_copy(name)
+  files['readme.html'] = np.random.default_rng(0).bytes(256 << 10)
+  return files, expected
+
+
+def _flip_bit(content: bytes, position: int) -> bytes:
+  return content[:position] + bytes([content[position] ^ 0x10]) + content[position + 1:]
+
+
+# Where in a `_with_readme` archive of `size` bytes a bit flips.
+_FLIP_AT = {
+    'gzip magic number': lambda size: 1,
+    'gzip header time': lambda size: 5,  # Outside what gzip's CRC covers.
+    'a wanted member': lambda size: size // 4,
+    'after the last wanted member': lambda size: size - (100 << 10),
+    'gzip CRC': lambda size: size - 8,
+    'gzip length': lambda size: size - 1,
+}
+
+
+@pytest.mark.parametrize('where', list(_FLIP_AT))
+def test_bit_flip_in_official_archive_fails_md5(tmp_path, where):
+  archive = _write_archive(tmp_path, 'cifar10', _with_readme()[0])
+  intact = archive.read_bytes()
+  archive.write_bytes(_flip_bit(intact, _FLIP_AT[where](len(intact))))
+  with pytest.raises(UserError) as error:
+    _load_local(tmp_path, download=False)
+  message = str(error.value)
+  assert message.startswith(f'{archive} is damaged (MD5 mismatch)')
+  assert f'Delete {archive} so that the next run downloads a fresh copy' in message
+  assert '\n' not in message
+
+
+@pytest.mark.parametrize('where', [where for where in _FLIP_AT if where != 'gzip header time'])
+def test_bit_flip_in_any_archive_fails_gzip_check(tmp_path, where):
+  files, expected = _with_readme()
+  intact = _archive_bytes('cifar10', files)
+  archive = tmp_path / 'my-copy.tar.gz'  # No published MD5: gzip's CRC alone catches it.
+  archive.write_bytes(intact)
+  _assert_dataset_equal(_load_local(archive, download=False), expected)
+  archive.write_bytes(_flip_bit(intact, _FLIP_AT[where](len(intact))))
+  with pytest.raises(UserError) as error:
+    _load_local(archive, download=False)
+  message = str(error.value)
+  assert message.startswith(f'{archive} is damaged')
+  # The user named this file: it is theirs to replace, not ours to advise deleting.
+  assert message.endswith(
+      f'Replace {archive} with a fresh copy of https://www.cs.toronto.edu/~kriz/'
+      'cifar-10-python.tar.gz.')
+  assert 'Delete' not in message and '\n' not in message
+
+
+@pytest.fixture
+def md5_runs(monkeypatch):
+  """The files hashed, in order."""
+  runs = []
+  file_digest = hashlib.file_digest
+  def spy(f, digest):
+    runs.append(f.name)
+    return file_digest(f, digest)
+  monkeypatch.setattr(hashlib, 'file_digest', spy)
+  return runs
+
+
+def test_md5_is_checked_once_per_version_of_archive(tmp_path, md5_runs):
+  files, expected = _with_readme()
+  archive = _write_archive(tmp_path, 'cifar10', files)
+  seal = tmp_path / '.cifar-10-python.tar.gz.md5-checked'
+  for _ in range(2):
+    _assert_dataset_equal(_load_local(tmp_path, download=False), expected)
+  assert md5_runs == [str(archive)] and seal.exists()
+
+  # Damage that leaves size and time alone, as a failing disk does, still
+  # fails gzip's check.
+  intact, stat = archive.read_bytes(), archive.stat()
+  archive.write_bytes(_flip_bit(intact, len(intact) - (100 << 10)))
+  os.utime(archive, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+  with pytest.raises(UserError, match='is damaged'):
+    _load_local(tmp_path, download=False)
+  assert len(md5_runs) == 1
+
+  # A new modification time, or a garbled record, means hashing again.
+  archive.write_bytes(intact)
+  os.utime(archive, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+  _assert_dataset_equal(_load_local(tmp_path, download=False), expected)
+  seal.write_text('{')
+  _assert_dataset_equal(_load_local(tmp_path, download=False), expected)
+  assert len(md5_runs) == 3
+  _load_local(tmp_path, download=False)
+  assert len(md5_runs) == 3
+
+
+def test_md5_record_is_optional(tmp_path, monkeypatch, md5_runs):
+  # As in a read-only directory (the tests may run as root, who can write anywhere).
+  def refuse(*args, **kwargs):
+    raise PermissionError(13, 'Permission denied')
+  monkeypatch.setattr(tempfile, 'mkstemp', refuse)
+  files, expected = _small_copy('cifar10')
+  _write_archive(tmp_path, 'cifar10', files)
+  for _ in range(2):
+    _assert_dataset_equal(_load_local(tmp_path, download=False), expected)
+  assert len(md5_runs) == 2
+  assert os.listdir(tmp_path) == ['cifar-10-python.tar.gz']
 
 
 def test_missing_data_without_download_gives_advice(tmp_path):
@@ -526,7 +646,9 @@ def test_load_downloads_missing_archive(tmp_path, server, monkeypatch):
   data_dir = tmp_path / 'new'
   url_base = f'http://127.0.0.1:{server.server_port}/mirror/'
   _assert_dataset_equal(_load_local(data_dir, url_base=url_base), expected)
-  assert os.listdir(data_dir) == ['cifar-10-python.tar.gz']
+  # Beside the archive, the record that it passed its MD5 check.
+  assert sorted(os.listdir(data_dir)) == [
+      '.cifar-10-python.tar.gz.md5-checked', 'cifar-10-python.tar.gz']
   assert (data_dir / 'cifar-10-python.tar.gz').read_bytes() == archive
   # The next load reads the downloaded copy, even with the server gone.
   server.routes.clear()

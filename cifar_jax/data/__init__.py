@@ -1,6 +1,7 @@
 """CIFAR-10 and CIFAR-100 as NumPy arrays, from one of three sources.
 
-- 'local': the official "python version" archives, downloaded if missing.
+- 'local': the official "python version" archives, downloaded if missing and
+  checked for damage before use.
 - 'tfds': a TensorFlow Datasets copy prepared as array_record files.
 - 'synthetic': learnable random data of the same shapes, needing no files.
 """
@@ -48,7 +49,8 @@ def load(name: str, source: str, data_dir: str = '', *, download: bool = True,
     The dataset.
 
   Raises:
-    UserError: An unknown name or source, or data that is missing or malformed.
+    UserError: An unknown name or source, a 'local' data_dir that is a file
+      other than a .tar.gz, or data that is missing, damaged or malformed.
   """
   check_choice('config.dataset.name', name, DATASET_NAMES)
   check_choice('config.dataset.source', source, SOURCES)

@@ -1,14 +1,20 @@
-"""CIFAR-10/100 in the official "python version" archives: finding, unpickling, parsing.
+"""CIFAR-10/100 in the official "python version" archives: finding, verifying, unpickling,
+parsing.
 
 The archives hold Python 2 pickles of dicts: `data` (uint8 [N, 3072]: the red,
 green and blue planes of each 32x32 image, row-major), the labels, and a meta
 file with the class names.
 """
+import contextlib
 import dataclasses
+import gzip
+import hashlib
 import io
+import json
 import os
 import pickle
 import tarfile
+import tempfile
 import types
 import zlib
 from typing import Any, NamedTuple
@@ -21,13 +27,15 @@ from cifar_jax.errors import UserError
 
 OFFICIAL_URL_BASE = 'https://www.cs.toronto.edu/~kriz/'
 
-# The MD5s published on the download page, keyed by archive name.
+# The MD5s published on the download page, keyed by archive name. A local
+# archive of one of these names is checked against them on first use.
 ARCHIVE_MD5 = types.MappingProxyType({
     'cifar-10-python.tar.gz': 'c58f30108f718f92721af3b95e74349a',
     'cifar-100-python.tar.gz': 'eb9058c3a382ffc7106e4002c42a8d85',
 })
 
 _ROW_BYTES = 3 * 32 * 32
+_CHUNK_BYTES = 1 << 20
 
 # Unpickling calls whatever the file names, so a planted file could run any
 # code. Genuine CIFAR files name only numpy's array reconstruction; Python 3
@@ -94,6 +102,10 @@ class _Member(NamedTuple):
 def load(name: str, data_dir: str, *, download_missing: bool, url_base: str) -> Dataset:
   """Loads dataset `name` from the official files in `data_dir`.
 
+  An archive is read to its end, so that gzip's checksum catches damage
+  anywhere in it; one under an official name is also checked against the
+  published MD5, once: a hidden file beside it remembers that it passed.
+
   Args:
     name: 'cifar10' or 'cifar100'.
     data_dir: A directory holding the extracted folder or the .tar.gz archive,
@@ -107,7 +119,7 @@ def load(name: str, data_dir: str, *, download_missing: bool, url_base: str) -> 
 
   Raises:
     UserError: `data_dir` is neither a directory nor a .tar.gz file, or the
-      data is missing, cannot be downloaded, or is malformed.
+      data is missing, cannot be downloaded, is damaged or is malformed.
   """
   layout = _LAYOUTS[name]
   url = f"{url_base.rstrip('/')}/{layout.archive}"
@@ -193,26 +205,74 @@ def _read_archive(layout: _Layout, archive: str, remedy: str) -> dict[str, _Memb
   wanted = {f'{layout.folder}/{file_name}': file_name for file_name in layout.files}
   members = {}
   try:
+    _check_md5(archive, remedy)
     # Streaming reads the archive once; random access would decompress it
-    # from the start again for every member.
-    with tarfile.open(archive, mode='r|*') as tar:
+    # from the start again for every member. gzip checks its CRC only at the
+    # end of the stream, so reading goes on to there after the last member.
+    with gzip.open(archive) as stream, tarfile.open(fileobj=stream, mode='r|') as tar:
       for info in tar:
         file_name = wanted.get(info.name)
         if file_name is not None and info.isfile():
           data = tar.extractfile(info).read()
           members[file_name] = _Member(f'{archive}:{info.name}', data, remedy)
-        if len(members) == len(wanted):
-          break
+      while stream.read(_CHUNK_BYTES):
+        pass
   # A damaged archive fails in the tar layer, the gzip layer or in zlib.
   except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
     raise UserError(
-        f'{archive} is not a readable {layout.title} archive: {e}. {remedy}') from e
+        f'{archive} is damaged or not a {layout.title} archive: {e}. {remedy}') from e
   missing = sorted(name for name, file_name in wanted.items() if file_name not in members)
   if missing:
     raise UserError(
         f'{archive} lacks {", ".join(missing)}; it is not a complete copy of the '
         f'{layout.title} python version. {remedy}')
   return members
+
+
+def _check_md5(archive: str, remedy: str) -> None:
+  """Checks an archive of an official name against the published MD5.
+
+  A file of the same size and modification time as one that passed is not
+  hashed again: the seal beside it records them.
+  """
+  expected = ARCHIVE_MD5.get(os.path.basename(archive))
+  if expected is None:
+    return
+  stat = os.stat(archive)
+  seal = {'size': stat.st_size, 'mtime_ns': stat.st_mtime_ns, 'md5': expected}
+  seal_path = _seal_path(archive)
+  with contextlib.suppress(OSError, ValueError):  # Absent, unreadable or garbled: hash again.
+    with open(seal_path) as f:
+      if json.load(f) == seal:
+        return
+  with open(archive, 'rb') as f:
+    digest = hashlib.file_digest(f, 'md5').hexdigest()
+  if digest != expected:
+    raise UserError(
+        f'{archive} is damaged (MD5 mismatch): its MD5 is {digest}, the published one is '
+        f'{expected}. {remedy}')
+  _write_atomically(seal_path, json.dumps(seal))
+
+
+def _seal_path(archive: str) -> str:
+  """Where the record that `archive` passed its MD5 check goes: a hidden file beside it."""
+  folder, name = os.path.split(archive)
+  return os.path.join(folder, f'.{name}.md5-checked')
+
+
+def _write_atomically(path: str, text: str) -> None:
+  """Writes `text` to `path` via a temporary file; skips it where the directory is read-only."""
+  try:
+    fd, tmp_path = tempfile.mkstemp(
+        dir=os.path.dirname(path) or '.', prefix=f'.{os.path.basename(path)}.', suffix='.part')
+  except OSError:
+    return  # Only costs hashing the archive again next time.
+  try:
+    with os.fdopen(fd, 'w') as f:
+      f.write(text)
+    os.replace(tmp_path, path)
+  except OSError:
+    os.remove(tmp_path)
 
 
 def _parse(layout: _Layout, members: dict[str, _Member]) -> Dataset:
