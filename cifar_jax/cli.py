@@ -22,10 +22,20 @@ def run_reporting_user_errors(fn, *args):
   except UserError as e:
     sys.exit(f'error: {e}')
   except KeyboardInterrupt:
-    sys.exit('interrupted: the same command resumes from the latest checkpoint.')
+    print('interrupted: the same command resumes from the latest checkpoint.', file=sys.stderr)
+    _exit_now(130)
   except Preempted as e:
     print(f'preempted: {e}', file=sys.stderr)
     sys.exit(0)  # A clean stop: the checkpoint is complete.
+
+
+def _exit_now(status: int) -> None:
+  """Ends the process without Python's clean-up: the loop's own clean-up (checkpoints on disk)
+  has run by now, and tearing down the interpreter while XLA's compiler threads still run
+  crashed it (a segmentation fault after Ctrl-C during compilation)."""
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(status)
 
 
 _HELP_FLAGS = {'--help', '-help', '-h', '-?', '--helpshort', '--helpfull'}

@@ -8,13 +8,36 @@ Several processes (one per host) run the same command: on Cloud TPU VMs and unde
 with `--multihost`, elsewhere with `--coordinator_address=HOST:PORT --num_processes=N
 --process_id=I` (see launch/). SIGTERM makes every process save the same step and exit.
 """
-import jax
-from absl import app, flags
-from ml_collections import config_flags
+# Ctrl-C or SIGTERM end the command at once, at any moment: importing, loading data, compiling,
+# training, saving. Nothing is lost that the same command does not redo: every file a run
+# writes is written whole or not at all (checkpoints, their checksums, config.json), a
+# cut-short metrics line is set aside on the next start, and the workdir's lock goes with the
+# process. Letting Python unwind instead crashed it during compilation (a segmentation fault
+# while XLA's compiler threads ran) and was ignored at some moments of start-up. During
+# training, SIGTERM is a preemption: `multihost.PreemptionWatch` takes it over to save first.
+import os
+import signal
+import sys
 
-from cifar_jax import cli
-from cifar_jax.results import report
-from cifar_jax.training import loop, multihost
+
+def _exit_at_once(signum, frame):
+  del frame
+  print('interrupted: the same command resumes from the latest checkpoint.' if
+        signum == signal.SIGINT else 'terminated: the same command resumes from the latest '
+        'checkpoint.', file=sys.stderr, flush=True)
+  os._exit(128 + signum)
+
+
+signal.signal(signal.SIGINT, _exit_at_once)
+signal.signal(signal.SIGTERM, _exit_at_once)
+
+import jax  # noqa: E402 (after the signal handlers, which must cover imports too)
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from cifar_jax import cli  # noqa: E402
+from cifar_jax.results import report  # noqa: E402
+from cifar_jax.training import loop, multihost  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (a get_config() module).',
                                           lock_config=True)

@@ -4,18 +4,70 @@
 record per evaluation) and `tensorboard/` (the same scalars). Checkpoints are
 `cifar_jax.training.checkpoint`'s.
 """
+import contextlib
+import fcntl
 import json
+import logging
 import os
+import socket
+import time
 
 import ml_collections
 import numpy as np
 
 from cifar_jax import config as config_lib
+from cifar_jax.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+LOCK = 'run.lock'
+
+
+@contextlib.contextmanager
+def locked(workdir: str, enabled: bool = True):
+  """Holds an exclusive lock on `workdir` (its `run.lock`) while the block runs.
+
+  A second run on a locked workdir raises a UserError at once, naming the holder. The lock is
+  the operating system's (`flock`): it goes with the process that held it, however that ends,
+  so a stale `run.lock` file never blocks. `enabled=False` (all processes of a job but the
+  first) takes none: the job holds it once.
+  """
+  if not enabled:
+    yield
+    return
+  path = os.path.join(workdir, LOCK)
+  with open(path, 'a+') as f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      f.seek(0)
+      holder = f.read().strip() or 'another process'
+      raise UserError(f'{workdir} is in use by another training run ({holder}). Wait for it to '
+                      'end, or train in another --workdir.') from None
+    f.seek(0)
+    f.truncate()
+    f.write(f'pid {os.getpid()} on {socket.gethostname()}, since '
+            f'{time.strftime("%Y-%m-%d %H:%M:%S")}\n')
+    f.flush()
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def write_atomically(path: str, text: str) -> None:
+  """Writes `path` through a temporary file and a rename: an interrupted write leaves the
+  old file whole."""
+  temporary = path + '.tmp'
+  with open(temporary, 'w') as f:
+    f.write(text)
+  os.replace(temporary, path)
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  with open(os.path.join(workdir, 'config.json'), 'w') as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
+  write_atomically(os.path.join(workdir, 'config.json'),
+                   config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
@@ -54,9 +106,7 @@ def classes_of(dataset) -> dict:
 def save_classes(classes: dict, workdir: str) -> None:
   """`classes_of(dataset)` beside the config, for commands that predict or plot without the
   dataset at hand."""
-  with open(os.path.join(workdir, 'classes.json'), 'w') as f:
-    json.dump(classes, f, indent=1)
-    f.write('\n')
+  write_atomically(os.path.join(workdir, 'classes.json'), json.dumps(classes, indent=1) + '\n')
 
 
 def load_classes(workdir: str) -> dict:
@@ -81,13 +131,20 @@ def tensorboard_writer(workdir: str):
 class MetricsLog:
   """Appends one JSON object per evaluation to `metrics.jsonl` and mirrors scalars to TensorBoard.
 
+  Opening it for a run that resumes at `resume_step` first repairs the file: lines that are
+  not whole JSON records (a write cut short, damage) and records after `resume_step` (the
+  resumed run redoes those steps and writes them again) move to `metrics.discarded.jsonl`,
+  with a warning, so every step appears once and nothing is merged into a torn line.
   TensorBoard files are written by tensorboardX, which needs no TensorFlow.
   """
 
-  def __init__(self, workdir: str, enabled: bool = True):
+  def __init__(self, workdir: str, enabled: bool = True, resume_step: int = 0):
     """`enabled=False` (all processes but the first of a multi-process job) writes nothing."""
-    self._path = os.path.join(workdir, 'metrics.jsonl')
-    self._tensorboard = tensorboard_writer(workdir) if enabled else None
+    self._path = os.path.join(workdir, METRICS)
+    self._tensorboard = None
+    if enabled:
+      _repair(workdir, resume_step)
+      self._tensorboard = tensorboard_writer(workdir)
 
   def write(self, record: dict) -> None:
     if self._tensorboard is None:
@@ -105,13 +162,60 @@ class MetricsLog:
       self._tensorboard.close()
 
 
-def read_metrics(workdir: str) -> list[dict]:
-  """The records of `metrics.jsonl`, oldest first; [] when there are none.
+METRICS = 'metrics.jsonl'
+DISCARDED_METRICS = 'metrics.discarded.jsonl'
 
-  A line still being written by a running job (not yet ending in a newline) is left out.
+
+def _parse(line: str) -> dict | None:
+  """The record on `line`, or None unless it is a whole JSON object with a step."""
+  if not line.endswith('\n'):  # Cut short: still being written, or its writer was killed.
+    return None
+  try:
+    record = json.loads(line)
+  except ValueError:
+    return None
+  return record if isinstance(record, dict) and isinstance(record.get('step'), int) else None
+
+
+def _repair(workdir: str, resume_step: int) -> None:
+  """Moves the lines of `metrics.jsonl` that are not records, or are records after
+  `resume_step`, to `metrics.discarded.jsonl` (see MetricsLog)."""
+  path = os.path.join(workdir, METRICS)
+  if not os.path.exists(path):
+    return
+  with open(path, encoding='utf-8', errors='replace') as f:
+    lines = f.readlines()
+  kept, dropped = [], []
+  for line in lines:
+    record = _parse(line)
+    (kept if record is not None and record['step'] <= resume_step else dropped).append(line)
+  if not dropped:
+    return
+  with open(os.path.join(workdir, DISCARDED_METRICS), 'a') as f:
+    f.writelines(line if line.endswith('\n') else line + '\n' for line in dropped)
+  write_atomically(path, ''.join(kept))
+  log.warning('%s: moved %d line(s) to %s (not whole records, or after step %d where this '
+              'run resumes).', path, len(dropped), DISCARDED_METRICS, resume_step)
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  """The records of `metrics.jsonl`, oldest first, one per step (the last written wins);
+  [] when there are none.
+
+  A line still being written by a running job (not yet ending in a newline) is left out, and
+  so is a damaged one, with a warning.
   """
-  path = os.path.join(workdir, 'metrics.jsonl')
+  path = os.path.join(workdir, METRICS)
   if not os.path.exists(path):
     return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.endswith('\n') and line.strip()]
+  with open(path, encoding='utf-8', errors='replace') as f:
+    lines = f.readlines()
+  by_step = {}
+  for number, line in enumerate(lines, 1):
+    record = _parse(line)
+    if record is not None:
+      by_step.pop(record['step'], None)  # Re-inserted: keeps the order of writing.
+      by_step[record['step']] = record
+    elif line.endswith('\n') and line.strip():
+      log.warning('%s: line %d is not a JSON record; skipped.', path, number)
+  return sorted(by_step.values(), key=lambda r: r['step'])

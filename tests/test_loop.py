@@ -222,8 +222,8 @@ def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 def test_a_run_diverging_before_its_first_checkpoint_says_so(tmp_path):
   checkpoints = Checkpoints(str(tmp_path))
   with pytest.raises(UserError, match='between steps 0 and 3; .*no checkpoint had been saved'):
-    loop.check_finite({'loss_sum': np.nan}, 0, 3, checkpoints)
-  loop.check_finite({'loss_sum': 1.5}, 0, 3, checkpoints)  # A finite loss passes.
+    loop.check_finite({'loss_sum': np.nan}, 0, 3, checkpoints, None)
+  loop.check_finite({'loss_sum': 1.5}, 0, 3, checkpoints, None)  # A finite loss passes.
   checkpoints.close()
 
 

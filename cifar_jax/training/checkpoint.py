@@ -4,12 +4,22 @@ Saves are atomic (orbax writes to a temporary directory and renames it), so an
 interrupted save never leaves a checkpoint that looks complete. Restoring takes
 the shardings from the state it restores into, so a checkpoint written on N
 devices restores on M.
+
+Integrity: once a save is on disk, the SHA-256 of each of its files goes into its
+`checksums.json`, and restoring checks them first. A damaged checkpoint (a file changed,
+cut short or missing, or a checkpoint without checksums that cannot be read or holds
+non-finite numbers) is named in one line; resuming moves it to `WORKDIR/checkpoints_damaged/`
+(nothing is deleted) and falls back to the newest intact one.
 """
 import contextlib
+import hashlib
+import json
 import logging
 import os
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
@@ -17,6 +27,11 @@ from cifar_jax.errors import UserError
 
 # Checkpoint metric ranked to pick the best checkpoint; higher is better.
 SCORE = 'score'
+# Each checkpoint's file -> SHA-256, written once the checkpoint is complete.
+CHECKSUMS = 'checksums.json'
+DAMAGED_DIR = 'checkpoints_damaged'
+
+log = logging.getLogger(__name__)
 
 
 class Checkpoints:
@@ -24,6 +39,8 @@ class Checkpoints:
 
   def __init__(self, workdir: str, keep_latest: int = 2, read_only: bool = False):
     self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+    self._damaged_directory = os.path.join(os.path.abspath(workdir), DAMAGED_DIR)
+    self._unsealed = []  # Steps saved by this process whose checksums are not written yet.
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policies.AnyPreservationPolicy([
             policies.LatestN(n=keep_latest),
@@ -41,7 +58,22 @@ class Checkpoints:
   def save(self, state, score: float) -> None:
     """Starts saving `state` under its step; writing finishes in the background."""
     step = int(state.step)
+    self._seal()  # The previous save is on disk by now (orbax waits for it in any case).
     self._manager.save(step, args=ocp.args.StandardSave(state), metrics={SCORE: float(score)})
+    self._unsealed.append(step)
+
+  def _seal(self) -> None:
+    """Waits for the saves in flight, then writes the checksums of each (process 0 alone:
+    the files of all processes are in the shared directory by then)."""
+    self._manager.wait_until_finished()
+    if jax.process_index() == 0:
+      for step in self._unsealed:
+        if step in self._manager.all_steps():  # Not already removed by the retention policy.
+          write_checksums(self.step_directory(step))
+    self._unsealed = []
+
+  def step_directory(self, step: int) -> str:
+    return os.path.join(self.directory, str(step))
 
   def all_steps(self) -> list[int]:
     return list(self._manager.all_steps())
@@ -54,29 +86,236 @@ class Checkpoints:
     return self._manager.best_step()
 
   def restore(self, target, step: int):
-    """The checkpoint at `step`, laid out like `target` (arrays or ShapeDtypeStructs)."""
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-    try:
-      return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
-    except (ValueError, KeyError) as e:
+    """The checkpoint at `step`, laid out like `target` (arrays or ShapeDtypeStructs).
+
+    Raises:
+      Damaged: when the checkpoint fails its checksums or cannot be read.
+      UserError: when it is intact but holds another model or optimiser than `target`'s.
+    """
+    self._verify(step)
+    tree = self._read_metadata(step)
+    if _shapes(tree) != _shapes(target):
       raise UserError(
           f'checkpoint {step} in {self.directory} does not match the model and optimiser '
-          f'the config describes ({e}). Was it written with another config?') from e
+          'the config describes. Was it written with another config? Resume with that '
+          'config, or train this one in a new --workdir.')
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    with _quiet_orbax():
+      try:
+        return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+      except Exception as e:  # noqa: BLE001 (tensorstore raises many kinds for bad files)
+        raise Damaged(step, 'unreadable', e) from None
+
+  def restore_latest_intact(self, target):
+    """The newest checkpoint that passes its checksums and holds finite numbers, laid out
+    like `target`, with its step; `(target, None)` when there are no checkpoints.
+
+    The damaged ones newer than it are moved to `WORKDIR/checkpoints_damaged/`, so training
+    on from the intact one saves over nothing and the retention policy keeps it.
+
+    Raises:
+      UserError: when there are checkpoints but none is intact, naming what is wrong with each.
+    """
+    damaged = []
+    for step in sorted(self.all_steps(), reverse=True):
+      try:
+        state = self.restore(target, step)
+      except Damaged as e:
+        log.warning('%s', e)
+        damaged.append(e)
+        continue
+      if not all_finite(state):
+        if self._has_checksums(step):  # Saved like that: training diverged before it.
+          raise UserError(
+              f'checkpoint {step} in {self.directory} holds non-finite parameters or optimiser '
+              'state, as saved. Train again in a new --workdir, with a lower '
+              'config.optimizer.learning_rate or a warm-up.')
+        damaged.append(Damaged(step, 'holds non-finite numbers and has no checksums'))
+        log.warning('%s', damaged[-1])
+        continue
+      self._set_aside([e.step for e in damaged])
+      return state, step
+    if damaged:
+      raise UserError(
+          f'no intact checkpoint in {self.directory}: '
+          + '; '.join(f'step {e.step} {e.problem}' for e in damaged)
+          + f'. Nothing was changed. To train this run over from the start, move '
+          f'{self.directory} away (or use a new --workdir).')
+    return target, None
+
+  def verified_step(self, step: int) -> None:
+    """Raises a UserError naming the problem unless checkpoint `step` passes its checksums."""
+    try:
+      self._verify(step)
+    except Damaged as e:
+      raise UserError(f'{e}. Choose another with --checkpoint=STEP (saved: '
+                      f'{self.all_steps()}).') from None
 
   def restore_as_saved(self, step: int, sharding: jax.sharding.Sharding) -> dict:
     """The checkpoint at `step` as saved (a dict of the state's fields), every array placed
     with `sharding`: no model or optimiser is needed to restore it."""
-    tree = self._manager.item_metadata(step).tree
+    self.verified_step(step)
+    tree = self._read_metadata(step)
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
                             tree)
-    return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    with _quiet_orbax():
+      try:
+        return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+      except Exception as e:  # noqa: BLE001 (tensorstore raises many kinds for bad files)
+        raise UserError(f'{Damaged(step, "unreadable", e)}. Choose another '
+                        f'with --checkpoint=STEP (saved: {self.all_steps()}).') from None
+
+  def _has_checksums(self, step: int) -> bool:
+    return os.path.exists(os.path.join(self.step_directory(step), CHECKSUMS))
+
+  def _verify(self, step: int) -> None:
+    """Raises Damaged when a file of checkpoint `step` differs from its checksum or is gone.
+    A checkpoint without checksums (its save was cut short before they were written, or it
+    is older than them) passes, and is checked by reading it."""
+    problem = verify_checksums(self.step_directory(step))
+    if problem:
+      raise Damaged(step, problem)
+
+  def _read_metadata(self, step: int):
+    with _quiet_orbax():
+      try:
+        return self._manager.item_metadata(step).tree
+      except Exception as e:  # noqa: BLE001
+        raise Damaged(step, 'its metadata is unreadable', e) from None
+
+  def _set_aside(self, steps: list[int]) -> None:
+    """Moves checkpoints `steps` to the damaged directory (process 0; the others wait)."""
+    if not steps:
+      return
+    if jax.process_index() == 0:
+      os.makedirs(self._damaged_directory, exist_ok=True)
+      for step in steps:
+        destination = os.path.join(self._damaged_directory, str(step))
+        if os.path.exists(destination):  # Damaged twice at the same step: keep both.
+          destination += f'.{len(os.listdir(self._damaged_directory))}'
+        os.rename(self.step_directory(step), destination)
+        log.warning('Moved damaged checkpoint %d to %s.', step, destination)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # noqa: PLC0415
+      multihost_utils.sync_global_devices('cifar_jax: damaged checkpoints moved')
+    self._manager.reload()
 
   def wait(self) -> None:
-    """Blocks until background writes are on disk."""
-    self._manager.wait_until_finished()
+    """Blocks until background writes are on disk, with their checksums."""
+    self._seal()
 
   def close(self) -> None:
     self._manager.close()
+
+
+class Damaged(Exception):  # noqa: N818 (a finding, handled by falling back)
+  """A checkpoint that fails its checksums or cannot be read."""
+
+  def __init__(self, step: int, problem: str, cause: Exception | None = None):
+    super().__init__(step, problem)
+    self.step, self.problem = step, problem
+    self.detail = f' ({_first_line(cause)})' if cause else ''
+
+  def __str__(self):
+    return f'checkpoint {self.step} is damaged: {self.problem}{self.detail}'
+
+
+def _file_digest(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, 'rb') as f:
+    while chunk := f.read(1 << 20):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def _files(directory: str) -> list[str]:
+  """The regular files under `directory`, as sorted relative paths."""
+  found = []
+  for root, _, names in os.walk(directory):
+    found += [os.path.relpath(os.path.join(root, n), directory) for n in names]
+  return sorted(f for f in found if f != CHECKSUMS)
+
+
+def write_checksums(directory: str) -> None:
+  """Writes `directory/checksums.json`: each file's SHA-256 (atomically: a temporary file,
+  then a rename)."""
+  sums = {name: _file_digest(os.path.join(directory, name)) for name in _files(directory)}
+  temporary = os.path.join(directory, CHECKSUMS + '.tmp')
+  with open(temporary, 'w') as f:
+    json.dump(sums, f, indent=0)
+  os.replace(temporary, os.path.join(directory, CHECKSUMS))
+
+
+def verify_checksums(directory: str) -> str | None:
+  """What is wrong with the files under `directory` by its checksums; None if nothing is (or
+  it has no checksums)."""
+  path = os.path.join(directory, CHECKSUMS)
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      sums = json.load(f)
+  except (OSError, ValueError) as e:
+    return f'its {CHECKSUMS} is unreadable ({_first_line(e)})'
+  for name, expected in sums.items():
+    file = os.path.join(directory, name)
+    if not os.path.isfile(file):
+      return f'{name} is missing'
+    if _file_digest(file) != expected:
+      return f'{name} differs from its checksum'
+  return None
+
+
+def all_finite(state) -> bool:
+  """Whether every number the state trains (parameters, BatchNorm statistics, optimiser
+  state, averages) is finite. The plateau and early-stopping states start at infinity on
+  purpose and are not checked."""
+  trained = [getattr(state, name) for name in ('params', 'batch_stats', 'opt_state',
+                                                'ema_params', 'lookahead')]
+  return bool(_all_finite(trained))
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def _shapes(tree) -> dict:
+  """{path: (shape, dtype)} of a tree's arrays, with paths spelt alike whether a level is a
+  dataclass, named tuple or dict (orbax's metadata has dicts where the state has others)."""
+
+  def name(key):
+    for attribute in ('key', 'name', 'idx'):
+      if hasattr(key, attribute):
+        return str(getattr(key, attribute))
+    return str(key)
+
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {tuple(map(name, path)): (tuple(leaf.shape), np.dtype(leaf.dtype))
+          for path, leaf in leaves}
+
+
+def _first_line(error: Exception) -> str:
+  """The gist of a (tensorstore) error: its first line, without the store's specification."""
+  text = str(error).strip().split(' See full TensorStore details')[0]
+  text = text.splitlines()[0] if text else type(error).__name__
+  return text if len(text) <= 200 else text[:200] + '...'
+
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+  """Silences the tracebacks orbax and tensorstore log for a file they cannot read: the
+  caller reports it in one line."""
+  logger = logging.getLogger('absl')
+  level = logger.level
+  logger.setLevel(logging.CRITICAL)
+  try:
+    yield
+  finally:
+    logger.setLevel(level)
 
 
 @contextlib.contextmanager

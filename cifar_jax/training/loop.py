@@ -18,6 +18,7 @@ import tqdm
 from cifar_jax import sharding
 from cifar_jax import workdir as workdir_lib
 from cifar_jax.errors import Preempted, UserError
+from cifar_jax.training import checkpoint as checkpoint_lib
 from cifar_jax.training import evaluation, multihost, optim
 from cifar_jax.training import setup as setup_lib
 from cifar_jax.training.checkpoint import Checkpoints
@@ -32,13 +33,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
   Raises:
     errors.Preempted: after saving, when SIGTERM reached any process.
+    errors.UserError: when another run holds the workdir (see `workdir.locked`), and for the
+      mistakes of config and data it reports.
   """
+  os.makedirs(workdir, exist_ok=True)
+  with workdir_lib.locked(workdir, enabled=multihost.is_main_process()):
+    return _train(config, workdir)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   # 1. The run: config checked, data on the mesh, model, optimiser, compiled functions. With
   # several processes, process 0 alone writes the run's files; all of them write the
   # checkpoints, together.
   run = setup_lib.setup(config, sharding.create_mesh())
   is_main = multihost.is_main_process()
-  os.makedirs(workdir, exist_ok=True)
   if is_main:
     workdir_lib.save_config(config, workdir)
     workdir_lib.save_classes(run.classes, workdir)
@@ -51,13 +59,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   checkpoints = Checkpoints(workdir, config.checkpoint.keep_latest)
   if config.model.init_from and checkpoints.latest_step() is None:
     state = run.load_pretrained(state)
-  state = restore_or_keep(checkpoints, state)
+  # A damaged checkpoint is named, moved to WORKDIR/checkpoints_damaged and skipped.
+  state, restored_step = checkpoints.restore_latest_intact(state)
+  if restored_step is not None:
+    log.info('Resuming from the checkpoint at step %d in %s.', restored_step,
+             checkpoints.directory)
 
   # 3. Train, evaluating every `eval_every` steps and at the end.
   splits, steps_per_epoch = run.splits, run.steps_per_epoch
   monitored_split = 'val' if 'val' in splits.eval_sets else 'test'
-  metrics_log = workdir_lib.MetricsLog(workdir, enabled=is_main)
   step = int(state.step)
+  metrics_log = workdir_lib.MetricsLog(workdir, enabled=is_main, resume_step=step)
   patience = config.early_stopping.patience if config.early_stopping.enabled else np.inf
   meter = TrainMeter()
   # Wall time carries on across resumes from the last record (the time between
@@ -92,7 +104,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                                    jnp.asarray(stop_step, jnp.int32))
       totals = jax.device_get(totals)  # Waits for the call: a few scalars, once per call.
       seconds = time.perf_counter() - start_time
-      check_finite(totals, step, stop_step, checkpoints)
+      check_finite(totals, step, stop_step, checkpoints, state)
       meter.add(totals, seconds)
       progress.update(stop_step - step)
       step = stop_step
@@ -149,23 +161,19 @@ def learning_rate(run: setup_lib.Run, state: TrainState, step: int) -> float:
   return float(run.schedule(step - 1) * state.plateau.scale)
 
 
-def restore_or_keep(checkpoints: Checkpoints, state: TrainState) -> TrainState:
-  """The latest checkpoint in the workdir if there is one, else `state`."""
-  step = checkpoints.latest_step()
-  if step is None:
-    return state
-  log.info('Resuming from the checkpoint at step %d in %s.', step, checkpoints.directory)
-  return checkpoints.restore(state, step)
-
-
-def check_finite(totals: dict, first_step: int, stop_step: int, checkpoints: Checkpoints) -> None:
-  """Stops a diverged run before it saves anything, so the last good checkpoint stays."""
-  if np.isfinite(totals['loss_sum']):
+def check_finite(totals: dict, first_step: int, stop_step: int, checkpoints: Checkpoints,
+                 state: TrainState | None) -> None:
+  """Stops a diverged run before it saves anything, so the last good checkpoint stays: a
+  non-finite loss, or non-finite parameters or optimiser state (`state`, when given)."""
+  if not np.isfinite(totals['loss_sum']):
+    what = f'the training loss became {totals["loss_sum"]}'
+  elif state is not None and not checkpoint_lib.all_finite(state):
+    what = 'the parameters or optimiser state became non-finite'
+  else:
     return
   latest = checkpoints.latest_step()
   kept = (f'the last good checkpoint (step {latest}) is kept in {checkpoints.directory}'
           if latest is not None else 'no checkpoint had been saved yet')
   raise UserError(
-      f'the training loss became {totals["loss_sum"]} between steps {first_step} and '
-      f'{stop_step}; stopped without saving, so {kept}. '
+      f'{what} between steps {first_step} and {stop_step}; stopped without saving, so {kept}. '
       'Try a lower config.optimizer.learning_rate or a warm-up.')
