@@ -51,9 +51,34 @@ class Checkpoints:
         read_only=read_only, create=not read_only,
         # Read-only, nothing is ever saved (orbax warns unless this says so).
         save_interval_steps=0 if read_only else 1)
-    with _without_read_only_notice():
-      self._manager = ocp.CheckpointManager(
-          self.directory, item_handlers=ocp.StandardCheckpointHandler(), options=options)
+    if not read_only:
+      # Before orbax opens the directory: it reads every checkpoint's metrics as it does.
+      self._set_aside_failing_checksums()
+    with _without_read_only_notice(), _quiet_orbax():
+      try:
+        self._manager = ocp.CheckpointManager(
+            self.directory, item_handlers=ocp.StandardCheckpointHandler(), options=options)
+      except (OSError, ValueError) as e:  # Unreadable metadata: the JSON or its bytes.
+        raise UserError(
+            f'cannot open the checkpoints in {self.directory} ({_first_line(e)}): one of '
+            f'them is damaged. Move the damaged step directory to {self._damaged_directory} '
+            'and run again.') from None
+
+  def _set_aside_failing_checksums(self) -> None:
+    """Moves the checkpoints that fail their checksums aside; raises a UserError, changing
+    nothing, when no checkpoint passes."""
+    if not os.path.isdir(self.directory):
+      return
+    steps = sorted((int(n) for n in os.listdir(self.directory) if n.isdigit()), reverse=True)
+    damaged = []
+    for step in steps:
+      problem = verify_checksums(self.step_directory(step))
+      if problem:
+        damaged.append(Damaged(step, problem))
+        log.warning('%s', damaged[-1])
+    if damaged and len(damaged) == len(steps):
+      raise self._none_intact(damaged)
+    self._move_aside([e.step for e in damaged])
 
   def save(self, state, score: float) -> None:
     """Starts saving `state` under its step; writing finishes in the background."""
@@ -133,15 +158,20 @@ class Checkpoints:
         damaged.append(Damaged(step, 'holds non-finite numbers and has no checksums'))
         log.warning('%s', damaged[-1])
         continue
-      self._set_aside([e.step for e in damaged])
+      if damaged:
+        self._move_aside([e.step for e in damaged])
+        self._manager.reload()
       return state, step
     if damaged:
-      raise UserError(
-          f'no intact checkpoint in {self.directory}: '
-          + '; '.join(f'step {e.step} {e.problem}' for e in damaged)
-          + f'. Nothing was changed. To train this run over from the start, move '
-          f'{self.directory} away (or use a new --workdir).')
+      raise self._none_intact(damaged)
     return target, None
+
+  def _none_intact(self, damaged: list['Damaged']) -> UserError:
+    return UserError(
+        f'no intact checkpoint in {self.directory}: '
+        + '; '.join(f'step {e.step}: {e.problem}' for e in damaged)
+        + '. Nothing was changed. To train this run over from the start, move '
+        f'{self.directory} away (or use a new --workdir).')
 
   def verified_step(self, step: int) -> None:
     """Raises a UserError naming the problem unless checkpoint `step` passes its checksums."""
@@ -183,7 +213,7 @@ class Checkpoints:
       except Exception as e:  # noqa: BLE001
         raise Damaged(step, 'its metadata is unreadable', e) from None
 
-  def _set_aside(self, steps: list[int]) -> None:
+  def _move_aside(self, steps: list[int]) -> None:
     """Moves checkpoints `steps` to the damaged directory (process 0; the others wait)."""
     if not steps:
       return
@@ -198,13 +228,14 @@ class Checkpoints:
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils  # noqa: PLC0415
       multihost_utils.sync_global_devices('cifar_jax: damaged checkpoints moved')
-    self._manager.reload()
 
   def wait(self) -> None:
     """Blocks until background writes are on disk, with their checksums."""
     self._seal()
 
   def close(self) -> None:
+    """Waits for the saves in flight (with their checksums), then closes."""
+    self._seal()
     self._manager.close()
 
 
