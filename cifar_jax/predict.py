@@ -8,10 +8,10 @@ square and resized to 32x32, as CIFAR's images are, then goes through the model 
 split does (with `eval_flip_tta` if the run used it). A directory stands for the files in it
 (sorted, not recursive; only its regular files). Prints one line per image, `FILE: class
 probability, ...`, or with `--json` one JSON object per image. A file that fails gets one error
-line on stderr naming it and the cause, and the others are still predicted; the exit status is
-then 1. Failures: missing or unreadable, not a regular file (a FIFO, socket or device is never
-opened, so it cannot hang the command), not an image, or more pixels than Pillow decodes
-(`2 * PIL.Image.MAX_IMAGE_PIXELS`, a possible decompression bomb).
+line on stderr naming it and the cause (with `--json`, an object with an `error`), and the others
+are still predicted; the exit status is then 1. Failures: missing or unreadable, not a regular
+file (a FIFO, socket or device is never opened, so it cannot hang the command), not an image, or
+more pixels than Pillow decodes (`2 * PIL.Image.MAX_IMAGE_PIXELS`, a possible decompression bomb).
 """
 import json
 import os
