@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from cifar_jax.errors import UserError
 from cifar_jax.models import TINY, count_params, create_model
 
 
@@ -153,6 +154,6 @@ def test_vit_parameters_follow_the_original_checkpoint_layout():
   assert gap['Transformer']['posembed_input']['pos_embedding'].shape == (1, tokens - 1, d)
 
 
-def test_vit_rejects_an_unknown_classifier():
-  with pytest.raises(ValueError, match='gap'):
-    _shapes(TINY['vit_b16'](num_classes=10, classifier='pool'))
+def test_vit_rejects_an_unknown_classifier_when_created():
+  with pytest.raises(UserError, match="config.model.classifier='pool'.*gap"):
+    TINY['vit_b16'](num_classes=10, classifier='pool')

@@ -3,7 +3,8 @@
 Adding a model family means writing its module file and adding its entries to `MODELS` and
 `TINY`. An entry is a flax module class or a `functools.partial` of one; the fields it leaves
 unbound (apart from `num_classes` and `bn_axis_name`) are the family's config fields. The fields
-every family shares are documented in `layers`.
+every family shares are documented in `layers`. Each family checks its own fields' values when it
+is created (its `__post_init__`), so `check_config` needs no list of them.
 """
 
 import dataclasses
@@ -13,6 +14,7 @@ from collections.abc import Callable
 
 import flax.linen as nn
 import jax
+import jax.extend.core
 import jax.numpy as jnp
 
 from cifar_jax.config import MODEL_SETTINGS
@@ -135,17 +137,19 @@ def _check_fields(name: str, fields) -> None:
                       f'its fields are: {", ".join(accepted)}')
   dtype = fields.get('dtype', 'float32')
   if not isinstance(dtype, str) or dtype not in _DTYPES:
-    raise UserError(f'unknown model dtype {dtype!r}; choose one of: {", ".join(_DTYPES)}')
+    raise UserError(f'config.model.dtype={dtype!r} is not one of {", ".join(_DTYPES)}.')
 
 
 def check_config(model_config) -> None:
-  """Raises a UserError for a `config.model` that names no model this registry can build."""
+  """Raises a UserError for a `config.model` this registry cannot build: an unknown model, field
+  or dtype, or a value its family refuses (see each family's `__post_init__`)."""
   if model_config.init_from is None:
     raise UserError('this config fine-tunes pretrained weights: name the file with '
                     '--config.model.init_from=PATH (the README says where to download them).')
   if model_config.input_size < 1:
     raise UserError(f'config.model.input_size must be positive, got {model_config.input_size}.')
-  _check_fields(model_config.name, _family_fields(model_config))
+  # Created to run the family's own checks; the number of classes is not known yet.
+  create_model(model_config.name, num_classes=1, **_family_fields(model_config))
 
 
 def from_config(model_config, num_classes: int, *, bn_axis_name: str | None = None) -> nn.Module:
@@ -166,6 +170,49 @@ def _family_fields(model_config) -> dict:
 def count_params(params) -> int:
   """Returns the number of scalars in a parameter tree (arrays or `jax.ShapeDtypeStruct`s)."""
   return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params))
+
+
+def largest_activation_bytes(model: nn.Module, input_size: int) -> int:
+  """Bytes per example of the largest array `model` computes in evaluation on `input_size`-pixel
+  square images (on a CPU, the image patches of its widest convolution: see `layers.patch_conv`).
+
+  A lower bound on the memory each example of a batch needs: XLA:CPU's peak was 2.0-2.4 times it
+  for every family measured. Read from the programs traced at two batch sizes, not compiled.
+
+  Raises:
+    UserError: if the model cannot be applied to images of that size (e.g. pooled to nothing).
+  """
+  def images(batch: int):
+    return jax.ShapeDtypeStruct((batch, input_size, input_size, 3), jnp.float32)
+
+  def array_bytes(variables, batch: int) -> list[int]:
+    apply = jax.make_jaxpr(lambda v, x: model.apply(v, x, train=False))
+    return list(_output_bytes(apply(variables, images(batch)).jaxpr))
+
+  try:
+    variables = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False),
+                               images(2))
+    two, three = array_bytes(variables, 2), array_bytes(variables, 3)
+  except (TypeError, ValueError, ZeroDivisionError) as e:
+    detail = str(e).splitlines()[0] if str(e) else ''
+    raise UserError(f'config.model.input_size={input_size}: the model cannot be applied to '
+                    f'{input_size}x{input_size} images ({type(e).__name__}: {detail}); use larger '
+                    'inputs.') from None
+  # The same program at both sizes, array by array: the growth is one example's share (weights
+  # do not grow). Should a model trace differently, its size is unknown: 0.
+  if len(two) != len(three):
+    return 0
+  return max((b - a for a, b in zip(two, three, strict=True)), default=0)
+
+
+def _output_bytes(jaxpr):
+  """The size in bytes of every array `jaxpr` and the programs nested in it compute, in order."""
+  for eqn in jaxpr.eqns:
+    for var in eqn.outvars:
+      if hasattr(var.aval, 'shape'):
+        yield math.prod(var.aval.shape) * var.aval.dtype.itemsize
+    for inner in jax.extend.core.jaxprs_in_params(eqn.params):
+      yield from _output_bytes(inner)
 
 
 def _lookup(name: str) -> Callable[..., nn.Module]:

@@ -63,6 +63,12 @@ class Airbench(nn.Module):
   bn_axis_name: str | None = None
   bn_momentum: float = 0.6
 
+  def __post_init__(self):
+    # Checked here so a bad config fails when the model is created, not deep inside tracing.
+    layers.check_fields(self, sizes=('widths', 'convs_per_group', 'whiten_examples'),
+                        positive=('logit_scale', 'whiten_eps'), rates=('bn_momentum',))
+    super().__post_init__()
+
   # The whitening convolution: 2x2 patches of 3 channels, and their negatives.
   WHITEN_SIZE = 2
 

@@ -9,6 +9,9 @@ order), and they mean the same in each:
     None normalises each device's examples on their own.
   bn_momentum: Decay of the BatchNorm running averages (0.9 equals PyTorch's momentum=0.1).
 
+Each family checks its own fields when it is created (`check_fields` in its `__post_init__`), so
+a bad config is one line naming the field, before any data is loaded (`models.check_config`).
+
 Every family's `__call__(x, *, train)` takes normalised images, float [B, H, W, C], and returns
 float32 logits [B, num_classes]. With `train=True` it normalises with batch statistics and
 updates the running averages (apply it with `mutable=['batch_stats']`) and applies dropout and
@@ -16,6 +19,7 @@ stochastic depth where the family has them (they need a 'dropout' rng); with `tr
 uses the running averages and keeps every unit.
 """
 import functools
+import numbers
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -23,12 +27,48 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from cifar_jax.errors import UserError
+
 # A module constructor with the shared settings already bound; blocks call it with a name.
 ModuleDef = Callable[..., nn.Module]
 
 # PyTorch pads a 3x3 convolution by one pixel on every side. Flax's 'SAME' pads only at the
 # bottom/right for stride 2 on even sizes, which would shift the sampling grid.
 PAD_3X3 = ((1, 1), (1, 1))
+
+
+def is_int(value) -> bool:
+  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+  return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+# What each kind of field must be: its description, and the test of one value.
+_RULES = {
+    'sizes': ('a positive integer', lambda v: is_int(v) and v > 0),  # Widths, depths, heads.
+    'counts': ('an integer >= 0', lambda v: is_int(v) and v >= 0),
+    'rates': ('a number in [0, 1)', lambda v: _is_number(v) and 0 <= v < 1),  # Dropout, momenta.
+    'positive': ('a positive number', lambda v: _is_number(v) and v > 0),
+}
+
+
+def check_fields(module: nn.Module, **fields) -> None:
+  """Raises a UserError naming the first field of `module` that breaks its kind's rule.
+
+  `fields` maps a kind of `_RULES` to field names, e.g. `sizes=('width',), rates=('bn_momentum',)`;
+  a tuple-valued field (a width per stage) must be non-empty and each entry must keep the rule.
+  """
+  for kind, names in fields.items():
+    what, ok = _RULES[kind]
+    for name in names:
+      value = getattr(module, name)
+      many = isinstance(value, (tuple, list))
+      values = value if many else (value,)
+      if not values or not all(map(ok, values)):
+        rule = f'a non-empty tuple, each entry {what}' if many else what
+        raise UserError(f'config.model.{name} must be {rule}, got {value!r}.')
 
 
 def patch_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,

@@ -14,7 +14,10 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from cifar_jax.errors import check_choice
 from cifar_jax.models import layers
+
+STEMS = ('cifar', 'imagenet')
 
 
 class BasicBlock(nn.Module):
@@ -115,13 +118,16 @@ class ResNet(nn.Module):
   bn_epsilon: float = 1e-5
   conv_bias: bool = False
 
+  def __post_init__(self):
+    # Checked here so a bad config fails when the model is created, not deep inside tracing.
+    layers.check_fields(self, sizes=('stage_sizes', 'width'), rates=('bn_momentum',),
+                        positive=('bn_epsilon',))
+    check_choice('config.model.stem', self.stem, STEMS)
+    super().__post_init__()
+
   @nn.compact
   def __call__(self, x, *, train: bool):
-    """Class logits of normalised images, as every family computes them (see `layers`).
-
-    Raises:
-      ValueError: for an unknown `stem`.
-    """
+    """Class logits of normalised images, as every family computes them (see `layers`)."""
     conv = layers.conv(self, use_bias=self.conv_bias)
     norm = layers.batch_norm(self, train=train and not self.frozen_batch_stats,
                              epsilon=self.bn_epsilon)
@@ -130,13 +136,11 @@ class ResNet(nn.Module):
     if self.stem == 'cifar':
       x = conv(self.width, (3, 3), padding=layers.PAD_3X3, name='stem_conv')(x)
       x = nn.relu(norm(name='stem_bn')(x))
-    elif self.stem == 'imagenet':
+    else:  # 'imagenet'
       x = conv(self.width, (7, 7), (2, 2), padding=((3, 3), (3, 3)), name='stem_conv')(x)
       x = nn.relu(norm(name='stem_bn')(x))
       # Max-pooling pads with -inf, as PyTorch does.
       x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
-    else:
-      raise ValueError(f"stem must be 'cifar' or 'imagenet', got {self.stem!r}")
     for stage, num_blocks in enumerate(self.stage_sizes):
       for block in range(num_blocks):
         # Every stage but the first halves the resolution in its first block.

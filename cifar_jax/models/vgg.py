@@ -36,6 +36,11 @@ class VGG(nn.Module):
   bn_axis_name: str | None = None
   bn_momentum: float = 0.9
 
+  def __post_init__(self):
+    # Checked here so a bad config fails when the model is created, not deep inside tracing.
+    layers.check_fields(self, sizes=('block_sizes', 'width'), rates=('bn_momentum',))
+    super().__post_init__()
+
   @nn.compact
   def __call__(self, x, *, train: bool):
     """Class logits of normalised images, as every family computes them (see `layers`)."""

@@ -30,7 +30,10 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from cifar_jax.errors import UserError, check_choice
 from cifar_jax.models import layers
+
+CLASSIFIERS = ('token', 'gap')
 
 # The original ViT initialisers: Xavier-uniform Dense kernels with near-zero biases.
 _dense = functools.partial(nn.Dense, kernel_init=nn.initializers.xavier_uniform(),
@@ -182,16 +185,22 @@ class VisionTransformer(nn.Module):
   dtype: Any = jnp.float32
   bn_axis_name: str | None = None
 
+  def __post_init__(self):
+    # Checked here so a bad config fails when the model is created, not deep inside tracing.
+    sizes = ('patch_size', 'hidden_size', 'num_layers', 'num_heads', 'mlp_dim')
+    layers.check_fields(self, sizes=sizes + (() if self.representation_size is None
+                                             else ('representation_size',)),
+                        rates=('dropout_rate', 'attention_dropout_rate', 'stochastic_depth_rate'))
+    if self.hidden_size % self.num_heads:
+      raise UserError(f'config.model.hidden_size={self.hidden_size} must be a multiple of '
+                      f'config.model.num_heads={self.num_heads}.')
+    check_choice('config.model.classifier', self.classifier, CLASSIFIERS)
+    super().__post_init__()
+
   @nn.compact
   def __call__(self, x, *, train: bool):
     """Class logits of normalised images whose sides are multiples of `patch_size`, as every
-    family computes them (see `layers`).
-
-    Raises:
-      ValueError: for an unknown `classifier`.
-    """
-    if self.classifier not in ('token', 'gap'):
-      raise ValueError(f"classifier must be 'token' or 'gap', got {self.classifier!r}")
+    family computes them (see `layers`)."""
     x = x.astype(self.dtype)
     p = self.patch_size
     x = nn.Conv(self.hidden_size, (p, p), strides=(p, p), padding='VALID', dtype=self.dtype,

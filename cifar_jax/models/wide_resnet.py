@@ -40,9 +40,11 @@ class WideResNet(nn.Module):
 
   def __post_init__(self):
     # Checked here so a bad config fails when the model is created, not deep inside tracing.
-    if self.depth < 10 or (self.depth - 4) % 6:
-      raise UserError(f'wide_resnet depth must be 6n + 4 for n >= 1 (10, 16, 22, 28, 40, ...), '
-                      f'got {self.depth}')
+    if not layers.is_int(self.depth) or self.depth < 10 or (self.depth - 4) % 6:
+      raise UserError('config.model.depth must be 6n + 4 for n >= 1 (10, 16, 22, 28, 40, ...), '
+                      f'got {self.depth!r}.')
+    layers.check_fields(self, sizes=('widen_factor', 'width'),
+                        rates=('dropout_rate', 'bn_momentum'))
     super().__post_init__()
 
   @nn.compact
