@@ -3,9 +3,11 @@
 Config files in `configs/` start from `base_config()` and override a few fields.
 The returned ConfigDict is locked, so a misspelt override (`--config.bach_size`)
 is an error instead of being silently ignored. Each group's values are checked by
-the code that uses them, when a run is set up (`check_config` in `augment/inputs.py`,
-`training/update.py`, `training/hem.py`, `training/optim.py`, `training/setup.py`,
-and `models.from_config`), so a bad value is one line naming its field.
+the code that uses them, when a run is set up and before any data is loaded
+(`check_config` in `augment/inputs.py`, `training/update.py`, `training/hem.py`,
+`training/optim.py`, `training/setup.py`, and each model family's own fields when it is
+created), so a bad value is one line naming its field. `training/setup.py` also refuses a
+batch size whose activations cannot fit in memory.
 """
 import importlib.util
 import os

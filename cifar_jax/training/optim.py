@@ -13,7 +13,15 @@ import ml_collections
 import optax
 from optax import contrib
 
-from cifar_jax.errors import UserError, check_choice
+from cifar_jax.errors import (
+    AT_LEAST_0,
+    FRACTION,
+    OPEN_FRACTION,
+    POSITIVE,
+    UserError,
+    check_choice,
+    check_ranges,
+)
 
 SCHEDULES = ('constant', 'piecewise', 'cosine', 'onecycle', 'linear')
 OPTIMIZERS = ('sgd', 'adamw')
@@ -21,8 +29,8 @@ MONITORS = ('accuracy', 'loss')
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
-  """Raises a UserError naming the first optimiser, schedule, monitor or fine-tuning field
-  that this module cannot use."""
+  """Raises a UserError naming the first optimiser, schedule, monitor, plateau, early-stopping
+  or fine-tuning field that this module cannot use."""
   check_choice('config.optimizer.name', config.optimizer.name, OPTIMIZERS)
   check_choice('config.schedule.name', config.schedule.name, SCHEDULES)
   check_choice('config.monitor', config.monitor, MONITORS)
@@ -34,6 +42,23 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       _check_rule(f'config.optimizer.{field}', rule)
   if config.schedule.name == 'linear':
     _check_points(config.schedule.points)
+  check_ranges(config, {
+      'optimizer.learning_rate': AT_LEAST_0, 'optimizer.momentum': FRACTION,
+      'optimizer.b1': FRACTION, 'optimizer.b2': FRACTION, 'optimizer.weight_decay': AT_LEAST_0,
+      'optimizer.grad_clip_norm': AT_LEAST_0, 'schedule.warmup_epochs': AT_LEAST_0,
+      'schedule.decay_factor': AT_LEAST_0,
+      # optax's plateau transform refuses a factor or min_delta out of range even when off.
+      'plateau.factor': OPEN_FRACTION, 'plateau.min_delta': POSITIVE,
+      'plateau.patience': AT_LEAST_0, 'plateau.cooldown': AT_LEAST_0,
+      'plateau.min_scale': ('in (0, 1]', lambda v: 0 < v <= 1),
+      'early_stopping.patience': AT_LEAST_0, 'early_stopping.min_delta': AT_LEAST_0})
+  s = config.schedule
+  if s.name == 'piecewise' and not all(e >= 0 for e in s.boundaries_epochs):
+    raise UserError(f'config.schedule.boundaries_epochs must be epochs >= 0, got '
+                    f'{s.boundaries_epochs!r}.')
+  if s.name == 'cosine' and s.warmup_epochs >= config.num_epochs:
+    raise UserError(f'config.schedule.warmup_epochs={s.warmup_epochs} must be less than '
+                    f'config.num_epochs={config.num_epochs}: the cosine decay follows the warm-up.')
 
 
 def _check_rule(field: str, rule) -> None:

@@ -6,6 +6,7 @@ and the benchmarks all start from the `Run` it returns.
 import dataclasses
 import functools
 import logging
+import os
 
 import jax
 import ml_collections
@@ -94,12 +95,17 @@ class Run:
 
 
 def setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None) -> Run:
-  """Validates `config`, puts its data on `mesh` (default: every device) and builds the run."""
+  """Validates `config`, puts its data on `mesh` (default: every device) and builds the run.
+
+  `config.eval_batch_size` is lowered to the largest evaluation split where it is larger
+  (`fit_eval_batch`).
+  """
   mesh = mesh or sharding.create_mesh()
   check_config(config, mesh.size)
 
   # Data, on the mesh for the whole run.
   dataset, host_splits = splits_lib.load_splits(config)
+  fit_eval_batch(config, host_splits, mesh.size)
   image_stats = normalize.input_stats(config.model.normalization, host_splits['train'][0])
   splits = place_splits(host_splits, dataset.num_classes, config.eval_batch_size, mesh)
   classes = workdir.classes_of(dataset)
@@ -134,18 +140,16 @@ def setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = No
 
 
 def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
-  """Raises a UserError naming the first field no run can use: each part checks its own."""
-  models.check_config(config.model)
-  normalize.check_normalization(config.model.normalization)
-  inputs.check_config(config.augment, config.label_smoothing)
-  update.check_config(config)
-  hem.check_config(config.hem)
-  optim.check_config(config)
+  """Raises a UserError naming the first field no run can use: each part checks its own.
+
+  Before any data is loaded or anything compiled; the last check traces the model (about a
+  second), to refuse a batch whose activations cannot fit in memory (`check_memory`).
+  """
   positive = {'batch_size': config.batch_size, 'eval_batch_size': config.eval_batch_size,
               'num_epochs': config.num_epochs, 'eval_every_epochs': config.eval_every_epochs,
               'checkpoint.keep_latest': config.checkpoint.keep_latest}
   for field, value in positive.items():
-    if value <= 0:
+    if not value > 0:
       raise UserError(f'config.{field} must be positive, got {value}.')
   for field, zero in (('steps_per_call', 'automatic'), ('max_steps', 'no limit'),
                       ('eval_translate_tta', 'off')):
@@ -155,6 +159,70 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
     if config[field] % num_devices:
       raise UserError(f'config.{field}={config[field]} must divide evenly across the '
                       f'{num_devices} devices; pick a multiple of {num_devices}.')
+  if not 0 <= config.seed < 2**63:  # What NumPy's and JAX's generators take.
+    raise UserError(f'config.seed must be an integer in [0, 2**63), got {config.seed}.')
+  models.check_config(config.model)
+  normalize.check_normalization(config.model.normalization)
+  inputs.check_config(config.augment, config.label_smoothing)
+  update.check_config(config)
+  hem.check_config(config.hem)
+  optim.check_config(config)
+  check_memory(config, num_devices)
+
+
+def memory_per_device() -> tuple[int | None, int]:
+  """(bytes, devices sharing them) of this process's first device, or (None, 1) if unknown.
+
+  A CPU's devices all share the host's physical memory; a GPU's or TPU's memory is its own
+  (what its allocator may use, from `memory_stats`).
+  """
+  if jax.default_backend() == 'cpu':
+    return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES'), jax.local_device_count()
+  stats = jax.local_devices()[0].memory_stats() or {}
+  return stats.get('bytes_limit'), 1
+
+
+def check_memory(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Raises a UserError for a batch size whose activations cannot fit in memory.
+
+  One example's largest array in the model (`models.largest_activation_bytes`), times the
+  examples that share a memory (the global batch on one host's CPU devices, a device's share on
+  a GPU), must fit in it. That is a lower bound, so what this refuses cannot run; the size it
+  suggests leaves room for the rest of the peak (2.0-2.4 times that array, measured) and data.
+  """
+  limit, sharing = memory_per_device()
+  model = models.from_config(config.model, num_classes=100)  # The head is never the largest.
+  per_example = models.largest_activation_bytes(model, config.model.input_size)
+  if not limit or not per_example:
+    return
+  sharing = min(sharing, num_devices)  # Devices of the mesh that share one memory.
+
+  def most(bytes_per_example):  # The largest global batch, a multiple of `num_devices`.
+    return limit // bytes_per_example // sharing * num_devices
+
+  for field in ('batch_size', 'eval_batch_size'):
+    if config[field] > most(per_example):
+      need = config[field] // num_devices * sharing * per_example
+      suggested = most(3 * per_example)
+      advice = (f'try {suggested} or less' if suggested else
+                'no batch is likely to fit: use a smaller model, input_size or dtype')
+      where = 'this host' if jax.default_backend() == 'cpu' else 'each device'
+      raise UserError(
+          f'config.{field}={config[field]} cannot fit in memory: {config.model.name} computes '
+          f'an array of {per_example / 2**20:.2f} MiB per example, {need / 2**30:.1f} GiB for '
+          f'one batch, and {where} has {limit / 2**30:.1f} GiB; {advice}.')
+
+
+def fit_eval_batch(config: ml_collections.ConfigDict, host_splits: dict, num_devices: int):
+  """Lowers `config.eval_batch_size` to the largest evaluation split (rounded up to a multiple of
+  `num_devices`) where it is larger: the rest of each batch would be padding, computed for
+  nothing. In the config, so the workdir's saved config (evaluate, predict) has it too."""
+  largest = max(len(labels) for name, (_, labels) in host_splits.items() if name != 'train')
+  fitted = -(-largest // num_devices) * num_devices
+  if config.eval_batch_size > fitted:
+    log.info('config.eval_batch_size=%d is more than the largest evaluation split holds (%d '
+             'examples): evaluating in batches of %d.', config.eval_batch_size, largest, fitted)
+    config.eval_batch_size = fitted
 
 
 def place_eval_split(images, labels, eval_batch_size: int, mesh) -> tuple:
