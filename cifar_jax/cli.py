@@ -12,7 +12,9 @@ from cifar_jax.errors import Preempted, UserError
 
 
 def run_reporting_user_errors(fn, *args):
-  """Calls `fn(*args)`; a UserError ends the program with its message alone, no traceback."""
+  """Calls `fn(*args)`; a UserError ends the program with its message alone, an OSError (a full
+  disk, a read-only directory) with the operating system's words and the path: one line, no
+  traceback."""
   # Libraries (orbax, jax) log every checkpoint write at INFO: show only their
   # warnings, and this package's own progress messages.
   absl_logging.set_verbosity(absl_logging.WARNING)
@@ -20,7 +22,14 @@ def run_reporting_user_errors(fn, *args):
   try:
     return fn(*args)
   except UserError as e:
-    sys.exit(f'error: {e}')
+    print(f'error: {e}', file=sys.stderr)
+    _exit_now(1)
+  except OSError as e:  # A full disk, a read-only or missing directory: the OS's own words.
+    where = f': {e.filename}' if e.filename else ''
+    print(f'error: {e.strerror or e}{where}. Fix that (free space, permissions, the path) and '
+          'run the same command again: training resumes from its latest checkpoint.',
+          file=sys.stderr)
+    _exit_now(1)
   except KeyboardInterrupt:
     print('interrupted: the same command resumes from the latest checkpoint.', file=sys.stderr)
     _exit_now(130)

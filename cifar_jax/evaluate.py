@@ -5,7 +5,8 @@
 
 The config is the one saved in the workdir; `--config.FIELD=VALUE` overrides
 any field of it (e.g. to point at another copy of the test split). The plots
-and summary of `cifar_jax.report` are written to DIR/report as well.
+and summary of `cifar_jax.report` are written to DIR/report as well (skipped, with a warning,
+when the workdir cannot be written: the JSON line is printed all the same).
 """
 import json
 
@@ -20,7 +21,7 @@ _CHECKPOINT = flags.DEFINE_string('checkpoint', 'best', "'best', 'latest' or a s
 
 def evaluate(config, workdir: str, which: str = 'best') -> dict:
   """Test-split metrics of checkpoint `which` of `workdir`, with per-class accuracy by name."""
-  report_path, analysis = report.create(workdir, which, config)
+  report_path, analysis = report.create(workdir, which, config, skip_unwritable=True)
   names = analysis['class_names']
   return {
       'checkpoint_step': analysis['checkpoint_step'],

@@ -1,6 +1,9 @@
 """Writes the plots and Markdown summary of a trained run into WORKDIR/report/.
 
-    python -m cifar_jax.report --workdir=DIR [--checkpoint=best|latest|STEP] [--config.FIELD=...]
+    python -m cifar_jax.report --workdir=DIR [--checkpoint=best|latest|STEP] [--out=DIR2]
+        [--config.FIELD=...]
+
+`--out` writes the report elsewhere and leaves the workdir untouched (it may be read-only).
 
 What the report holds is described in `cifar_jax.results.report`; training and
 `cifar_jax.evaluate` write it too.
@@ -12,13 +15,14 @@ from cifar_jax.results import report
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A workdir written by cifar_jax.main.')
 _CHECKPOINT = flags.DEFINE_string('checkpoint', 'best', "'best', 'latest' or a step number.")
+_OUT = flags.DEFINE_string('out', '', 'Folder for the report; default WORKDIR/report.')
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   path, _ = cli.run_reporting_user_errors(report.create, _WORKDIR.value, _CHECKPOINT.value,
-                                          flags.FLAGS.config)
+                                          flags.FLAGS.config, _OUT.value)
   print(path)
 
 

@@ -238,3 +238,49 @@ def test_interrupts_at_every_moment_exit_cleanly_and_the_relaunch_ends_as_uninte
   state = loop.train_and_evaluate(tiny_config(), str(workdir))
   assert int(state.step) == FINAL_STEP
   assert_trees_close(jax.device_get(state), trained[1], rtol=1e-5, atol=1e-6)
+
+
+def test_a_full_disk_during_a_save_is_one_line_and_the_relaunch_resumes(trained, tmp_path):
+  # Files may not grow past the largest file of the run outside its checkpoints: the first
+  # save fails as on a full disk ("File too large" here), the rest is written.
+  limit = 1 + max(p.stat().st_size for p in trained[0].rglob('*')
+                  if p.is_file() and 'checkpoints' not in p.parts)
+  assert checkpoint_files(trained[0], 8)[0].stat().st_size > limit
+  workdir = tmp_path / 'run'
+  flags = ['--config=configs/smoke.py', *_flat_flags(tiny_config()), f'--workdir={workdir}',
+           '--noreport']
+  limited = ('import resource, runpy; '
+             f'resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); '
+             "runpy.run_module('cifar_jax.main', run_name='__main__', alter_sys=True)")
+  result = subprocess.run([sys.executable, '-c', limited, *flags], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 1
+  lines = [line for line in result.stderr.splitlines() if not line.startswith(('I1', 'W1'))]
+  assert len(lines) == 1 and lines[0].startswith(
+      f'error: saving checkpoint 8 in {workdir}/checkpoints failed: File too large. '
+      'Nothing was saved; no checkpoint was complete.'), result.stderr[-3000:]
+  state = loop.train_and_evaluate(tiny_config(), str(workdir))
+  assert_trees_close(jax.device_get(state), trained[1], rtol=1e-5, atol=1e-6)
+
+
+def test_a_workdir_that_cannot_be_made_is_one_line(tmp_path):
+  (tmp_path / 'file').write_text('')
+  result = run_command('cifar_jax.main', '--config=configs/smoke.py',
+                       f'--workdir={tmp_path}/file/run')
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines() == [
+      f'error: Not a directory: {tmp_path}/file/run. Fix that (free space, permissions, the '
+      'path) and run the same command again: training resumes from its latest checkpoint.']
+
+
+def test_evaluate_on_an_unwritable_workdir_still_gives_its_metrics(trained, monkeypatch, caplog):
+  from cifar_jax import evaluate  # noqa: PLC0415
+  from cifar_jax.results import report  # noqa: PLC0415
+
+  def read_only(*args, **kwargs):
+    raise OSError(30, 'Read-only file system', str(trained[0] / 'report'))
+
+  monkeypatch.setattr(report, 'write', read_only)
+  result = evaluate.evaluate(workdir_lib.load_config(str(trained[0])), str(trained[0]))
+  assert result['report'] is None and result['num_examples'] == 100
+  assert 'The report was not written (Read-only file system' in caplog.text

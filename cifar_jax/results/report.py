@@ -10,6 +10,7 @@ Written by `python -m cifar_jax.report`, at the end of every training run and by
   report.md               the figures and the numbers (and CIFAR-100's most-confused pairs)
 The figures also go to TensorBoard (WORKDIR/tensorboard, the "images" tab).
 """
+import logging
 import os
 
 import jax
@@ -18,6 +19,8 @@ import numpy as np
 from cifar_jax import workdir as workdir_lib
 from cifar_jax.data import splits as splits_lib
 from cifar_jax.results import plots, restore
+
+log = logging.getLogger(__name__)
 
 # Training images scored to find the hardest: a fixed sample, so reports are quick and repeatable.
 TRAIN_SAMPLE = 5000
@@ -80,9 +83,11 @@ def most_confused_pairs(matrix: np.ndarray, names: list[str], count: int = 10) -
           if off_diagonal[t, p] > 0]
 
 
-def write(workdir: str, trained: restore.Trained, analysis: dict) -> str:
-  """Writes the figures and report.md into WORKDIR/report; returns report.md's path."""
-  out = os.path.join(workdir, 'report')
+def write(workdir: str, trained: restore.Trained, analysis: dict, out: str = '') -> str:
+  """Writes the figures and report.md into `out` (default WORKDIR/report, and then the figures
+  to the workdir's TensorBoard too); returns report.md's path."""
+  in_workdir = not out
+  out = out or os.path.join(workdir, 'report')
   os.makedirs(out, exist_ok=True)
   names = trained.classes['class_names']
   split = analysis['split']
@@ -120,7 +125,8 @@ def write(workdir: str, trained: restore.Trained, analysis: dict) -> str:
                for t, p, loss in zip(labels, predictions, losses, strict=True)],
       None, os.path.join(out, 'hardest_train_images.png'),
       f'Highest-loss training images (of a sample of {TRAIN_SAMPLE})')
-  _to_tensorboard(workdir, figures, trained.step)
+  if in_workdir:  # Elsewhere, the workdir is left as it is (it may be read-only).
+    _to_tensorboard(workdir, figures, trained.step)
   return _write_markdown(out, trained, analysis, figures, pairs)
 
 
@@ -162,12 +168,23 @@ def _write_markdown(out: str, trained: restore.Trained, analysis: dict, figures:
   return path
 
 
-def create(workdir: str, which: str = 'best', config=None) -> tuple[str, dict]:
-  """Restores checkpoint `which`, analyses the test split, writes the report.
+def create(workdir: str, which: str = 'best', config=None, out: str = '',
+           skip_unwritable: bool = False) -> tuple[str | None, dict]:
+  """Restores checkpoint `which`, analyses the test split, writes the report into `out`
+  (default WORKDIR/report).
 
-  Returns report.md's path and the analysis.
+  Returns report.md's path and the analysis. With `skip_unwritable`, a report that cannot be
+  written (a read-only workdir, a full disk) is skipped with a warning, and the path is None.
   """
   trained = restore.from_workdir(workdir, which, config)
   _, host_splits = splits_lib.load_splits(trained.config)
   analysis = analyse(trained, host_splits)
-  return write(workdir, trained, analysis), analysis
+  try:
+    return write(workdir, trained, analysis, out), analysis
+  except OSError as e:
+    if not skip_unwritable:
+      raise
+    log.warning('The report was not written (%s: %s); `python -m cifar_jax.report '
+                '--workdir=%s --out=DIR` writes it elsewhere.', e.strerror or e,
+                e.filename or out or workdir, workdir)
+    return None, analysis

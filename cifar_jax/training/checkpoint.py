@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -51,10 +52,12 @@ class Checkpoints:
         read_only=read_only, create=not read_only,
         # Read-only, nothing is ever saved (orbax warns unless this says so).
         save_interval_steps=0 if read_only else 1)
+    logging.getLogger('absl').addFilter(_not_from_orbax)  # Until close().
+    sys.excepthook, sys.unraisablehook = _without_closed_loop_noise, _unraisable_without_noise
     if not read_only:
       # Before orbax opens the directory: it reads every checkpoint's metrics as it does.
       self._set_aside_failing_checksums()
-    with _without_read_only_notice(), _quiet_orbax():
+    with _without_read_only_notice():
       try:
         self._manager = ocp.CheckpointManager(
             self.directory, item_handlers=ocp.StandardCheckpointHandler(), options=options)
@@ -84,18 +87,27 @@ class Checkpoints:
     """Starts saving `state` under its step; writing finishes in the background."""
     step = int(state.step)
     self._seal()  # The previous save is on disk by now (orbax waits for it in any case).
-    self._manager.save(step, args=ocp.args.StandardSave(state), metrics={SCORE: float(score)})
+    self._manager.save(step, args=ocp.args.StandardSave(state),
+                       metrics={SCORE: float(score)})
     self._unsealed.append(step)
 
   def _seal(self) -> None:
     """Waits for the saves in flight, then writes the checksums of each (process 0 alone:
     the files of all processes are in the shared directory by then)."""
-    self._manager.wait_until_finished()
+    steps, self._unsealed = self._unsealed, []
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001 (a full disk, lost permissions: whatever the OS says)
+      latest = [s for s in self._manager.all_steps() if s not in steps]
+      kept = (f'the last complete checkpoint (step {max(latest)}) is intact' if latest
+              else 'no checkpoint was complete')
+      raise UserError(f'saving checkpoint {", ".join(map(str, steps))} in {self.directory} '
+                      f'failed: {_os_cause(e)}. Nothing was saved; {kept}. Free space (or '
+                      'fix permissions) and run the same command to resume.') from None
     if jax.process_index() == 0:
-      for step in self._unsealed:
+      for step in steps:
         if step in self._manager.all_steps():  # Not already removed by the retention policy.
           write_checksums(self.step_directory(step))
-    self._unsealed = []
 
   def step_directory(self, step: int) -> str:
     return os.path.join(self.directory, str(step))
@@ -125,11 +137,10 @@ class Checkpoints:
           'the config describes. Was it written with another config? Resume with that '
           'config, or train this one in a new --workdir.')
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-    with _quiet_orbax():
-      try:
-        return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
-      except Exception as e:  # noqa: BLE001 (tensorstore raises many kinds for bad files)
-        raise Damaged(step, 'unreadable', e) from None
+    try:
+      return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    except Exception as e:  # noqa: BLE001 (tensorstore raises many kinds for bad files)
+      raise Damaged(step, 'unreadable', e) from None
 
   def restore_latest_intact(self, target):
     """The newest checkpoint that passes its checksums and holds finite numbers, laid out
@@ -188,12 +199,11 @@ class Checkpoints:
     tree = self._read_metadata(step)
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
                             tree)
-    with _quiet_orbax():
-      try:
-        return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
-      except Exception as e:  # noqa: BLE001 (tensorstore raises many kinds for bad files)
-        raise UserError(f'{Damaged(step, "unreadable", e)}. Choose another '
-                        f'with --checkpoint=STEP (saved: {self.all_steps()}).') from None
+    try:
+      return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    except Exception as e:  # noqa: BLE001 (tensorstore raises many kinds for bad files)
+      raise UserError(f'{Damaged(step, "unreadable", e)}. Choose another '
+                      f'with --checkpoint=STEP (saved: {self.all_steps()}).') from None
 
   def _has_checksums(self, step: int) -> bool:
     return os.path.exists(os.path.join(self.step_directory(step), CHECKSUMS))
@@ -207,11 +217,10 @@ class Checkpoints:
       raise Damaged(step, problem)
 
   def _read_metadata(self, step: int):
-    with _quiet_orbax():
-      try:
-        return self._manager.item_metadata(step).tree
-      except Exception as e:  # noqa: BLE001
-        raise Damaged(step, 'its metadata is unreadable', e) from None
+    try:
+      return self._manager.item_metadata(step).tree
+    except Exception as e:  # noqa: BLE001
+      raise Damaged(step, 'its metadata is unreadable', e) from None
 
   def _move_aside(self, steps: list[int]) -> None:
     """Moves checkpoints `steps` to the damaged directory (process 0; the others wait)."""
@@ -235,8 +244,11 @@ class Checkpoints:
 
   def close(self) -> None:
     """Waits for the saves in flight (with their checksums), then closes."""
-    self._seal()
-    self._manager.close()
+    try:
+      self._seal()
+    finally:
+      self._manager.close()
+      logging.getLogger('absl').removeFilter(_not_from_orbax)
 
 
 class Damaged(Exception):  # noqa: N818 (a finding, handled by falling back)
@@ -328,6 +340,17 @@ def _shapes(tree) -> dict:
           for path, leaf in leaves}
 
 
+def _os_cause(error: Exception) -> str:
+  """The operating system's words in a (tensorstore) write error, e.g. 'No space left on
+  device', else its first line."""
+  if isinstance(error, OSError) and error.strerror:
+    return error.strerror
+  line = (str(error).strip().splitlines() or [''])[0]
+  if '": ' in line:  # ... Failed writing: "PATH": Failed to write N bytes to file F: CAUSE [..]
+    return line.rsplit(': ', 1)[-1].split(' [os_error_code')[0]
+  return _first_line(error)
+
+
 def _first_line(error: Exception) -> str:
   """The gist of a (tensorstore) error: its first line, without the store's specification."""
   text = str(error).strip().split(' See full TensorStore details')[0]
@@ -336,17 +359,28 @@ def _first_line(error: Exception) -> str:
 
 
 
-@contextlib.contextmanager
-def _quiet_orbax():
-  """Silences the tracebacks orbax and tensorstore log for a file they cannot read: the
-  caller reports it in one line."""
-  logger = logging.getLogger('absl')
-  level = logger.level
-  logger.setLevel(logging.CRITICAL)
-  try:
-    yield
-  finally:
-    logger.setLevel(level)
+def _without_closed_loop_noise(kind, value, traceback, _print=sys.excepthook):
+  """Drops the 'Event loop is closed' errors that tensorstore's pending writes print (through
+  this hook or the unraisable one), one per array, when a failed save has closed orbax's event
+  loop; prints any other as usual."""
+  if not _is_closed_loop_noise(kind, value):
+    _print(kind, value, traceback)
+
+
+def _unraisable_without_noise(unraisable, _print=sys.unraisablehook):
+  if not _is_closed_loop_noise(unraisable.exc_type, unraisable.exc_value):
+    _print(unraisable)
+
+
+def _is_closed_loop_noise(kind, value) -> bool:
+  return kind is RuntimeError and str(value) == 'Event loop is closed'
+
+
+def _not_from_orbax(record: logging.LogRecord) -> bool:
+  """Drops the warnings and errors, tracebacks included, that orbax logs (also from its
+  background threads) about files it cannot read or write: `Checkpoints` reports them in one
+  line naming the checkpoint and the cause."""
+  return f'{os.sep}orbax{os.sep}' not in record.pathname or record.levelno < logging.WARNING
 
 
 @contextlib.contextmanager
