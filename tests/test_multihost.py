@@ -89,9 +89,10 @@ def latest_params(workdir):
 
 def test_two_processes_of_four_devices_train_as_one_of_eight(tmp_path):
   finish(start(tmp_path / 'two', 2, 4, '--config.max_steps=3'))
-  # Process 0 alone wrote the run's files.
+  # Process 0 alone wrote the run's files (and held the workdir's lock).
   assert sorted(os.listdir(tmp_path / 'two')) == [
-      'checkpoints', 'classes.json', 'config.json', 'metrics.jsonl', 'tensorboard']
+      'checkpoints', 'classes.json', 'config.json', 'metrics.jsonl', 'run.lock',
+      'tensorboard']
   reference = reference_run(tmp_path / 'one', max_steps=3)
   step, params = latest_params(tmp_path / 'two')
   assert step == 3
