@@ -195,6 +195,60 @@ def test_compare_tabulates_finished_and_interrupted_runs(smoke_workdir, tmp_path
     assert image.format == 'PNG' and image.size == (500, 450)
 
 
+def test_compare_groups_an_ablation_and_pairs_it_by_seed(smoke_workdir, tmp_path):
+  # Copies of the smoke run relabelled as an ablation: mode x seed, with chosen accuracies.
+  accuracy = {('off', 0): 0.50, ('off', 1): 0.60, ('off', 2): 0.40,
+              ('topk', 0): 0.52, ('topk', 1): 0.59, ('topk', 2): 0.46,
+              ('softmax', 1): 0.70}  # Seeds 0 and 2 of softmax missing: one pair only.
+  records = workdir.read_metrics(str(smoke_workdir))
+  runs = []
+  for (mode, seed), value in accuracy.items():
+    run_dir = tmp_path / f'{mode}_s{seed}'
+    shutil.copytree(smoke_workdir, run_dir)
+    config = json.loads((run_dir / 'config.json').read_text())
+    config['hem']['mode'], config['seed'] = mode, seed
+    (run_dir / 'config.json').write_text(json.dumps(config))
+    (run_dir / 'metrics.jsonl').write_text(
+        ''.join(json.dumps(dict(r, test_accuracy=value)) + '\n' for r in records))
+    runs.append(str(run_dir))
+  # An unfinished run is left out of the groups (its accuracy is not the recipe's).
+  partial = tmp_path / 'softmax_s0'
+  shutil.copytree(tmp_path / 'softmax_s1', partial)
+  (partial / 'metrics.jsonl').write_text(json.dumps(dict(records[0], test_accuracy=0.0)) + '\n')
+  out = tmp_path / 'table'
+  result = run('cifar_jax.compare', f'--out={out}', '--group_by=hem.mode', *runs, str(partial))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'Grouped by hem.mode, differences paired by seed' in result.stdout
+  with open(out / 'groups.csv') as f:
+    groups = {row['group']: row for row in csv.DictReader(f)}
+  assert list(groups) == ['off', 'topk', 'softmax']  # In the order first named.
+  off, topk, softmax = groups.values()
+  assert off['runs'] == '3' and float(off['mean_test_accuracy']) == pytest.approx(0.5)
+  assert float(off['sd_test_accuracy']) == pytest.approx(0.1)
+  assert off['mean_difference'] == ''  # The baseline: no differences from itself.
+  # topk - off by seed: +0.02, -0.01, +0.06.
+  assert topk['paired_runs'] == '3' and topk['improved'] == '2/3'
+  assert float(topk['mean_difference']) == pytest.approx(0.07 / 3)
+  assert float(topk['sd_difference']) == pytest.approx(np.std([0.02, -0.01, 0.06], ddof=1))
+  assert softmax['runs'] == '1' and softmax['paired_runs'] == '1'
+  assert float(softmax['mean_difference']) == pytest.approx(0.10)
+  assert softmax['sd_difference'] == '' and softmax['improved'] == '1/1'
+
+  # Another baseline, a field that does not exist, and a pairing that repeats: one line each.
+  result = run('cifar_jax.compare', f'--out={out}', '--group_by=hem.mode', '--baseline=topk',
+               *runs)
+  with open(out / 'groups.csv') as f:
+    groups = {row['group']: row for row in csv.DictReader(f)}
+  assert float(groups['off']['mean_difference']) == pytest.approx(-0.07 / 3)
+  for flags, message in [(['--group_by=hem.nope'], "has no field 'hem.nope'"),
+                         (['--group_by=hem.mode', '--baseline=none'], "baseline value 'none'"),
+                         (['--group_by=hem.mode', '--pair_by=hem.fraction'],
+                          'have the same pairing value')]:
+    result = run('cifar_jax.compare', f'--out={out}', *flags, *runs)
+    assert result.returncode == 1 and result.stderr.count('\n') == 1, result.stderr[-2000:]
+    assert message in result.stderr
+
+
 def test_cifar100_from_official_files_trains_and_reports_by_superclass(tmp_path):
   write_official_cifar100(tmp_path)
   config = tiny_config(**{'dataset.name': 'cifar100', 'dataset.source': 'local',
