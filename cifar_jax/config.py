@@ -186,10 +186,28 @@ def model_config(name: str, **fields) -> ml_collections.ConfigDict:
       # on the device (bilinear), e.g. to a pretrained model's 224 or 384.
       'input_size': 32,
       # The channel statistics inputs are normalised with: 'split' (the training split's own
-      # per-channel mean and standard deviation) or 'cifar10' (fixed CIFAR-10 statistics).
+      # per-channel mean and standard deviation), 'cifar10' (fixed CIFAR-10 statistics), or a
+      # pretraining's: 'imagenet' (torchvision, timm), 'caffe' (Keras' VGG and ResNet50: mean
+      # subtracted in [0, 255] units), 'inception' ([-1, 1]: the ViT releases, Keras' `tf` mode).
+      # See `augment/normalize.py`.
       'normalization': 'split',
       **fields,
   })
+
+
+def finetune_config(model_name: str, dataset_name: str, normalization: str,
+                    **fields) -> ml_collections.ConfigDict:
+  """The base config with pretrained model `model_name` (family `fields`) on `dataset_name`.
+
+  `model.init_from` is required and left for the command line to fill; inputs are normalised
+  with the statistics of the weights' pretraining, `normalization` (see `model_config`).
+  """
+  c = base_config()
+  c.dataset.name = dataset_name
+  c.model = model_config(model_name, **fields)
+  c.model.init_from = ml_collections.config_dict.placeholder(str)  # Required: the weights file.
+  c.model.normalization = normalization
+  return c
 
 
 def vit_finetune_config(model_name: str, dataset_name: str) -> ml_collections.ConfigDict:
@@ -197,12 +215,10 @@ def vit_finetune_config(model_name: str, dataset_name: str) -> ml_collections.Co
 
   SGD with momentum 0.9, no weight decay, batch 512, global gradient-norm clipping at 1, a
   linear warm-up of 5 epochs (485 steps) then cosine decay from 0.03, 26 epochs (2,522 steps).
+  Inputs in [-1, 1] ('inception'), as the ViT and AugReg releases were pretrained.
   `model.init_from` is left for the command line to fill.
   """
-  c = base_config()
-  c.dataset.name = dataset_name
-  c.model = model_config(model_name, dtype='bfloat16')
-  c.model.init_from = ml_collections.config_dict.placeholder(str)  # Required: the weights file.
+  c = finetune_config(model_name, dataset_name, 'inception', dtype='bfloat16')
   c.model.input_size = 384
   c.batch_size = 512
   c.num_epochs = 26
@@ -211,6 +227,24 @@ def vit_finetune_config(model_name: str, dataset_name: str) -> ml_collections.Co
   c.optimizer.grad_clip_norm = 1.0
   c.schedule.name = 'cosine'
   c.schedule.warmup_epochs = 5.0
+  return c
+
+
+def resnet50_finetune_config(model_name: str, dataset_name: str,
+                             normalization: str) -> ml_collections.ConfigDict:
+  """The Keras project's ResNet-50 fine-tuning recipe at 32x32, for 'resnet50' or 'resnet50_keras'.
+
+  The file's 7x7 stride-2 stem and its max-pool give way to a fresh 3x3 stride-1 convolution
+  (`stem='cifar'`), so 32x32 images keep their resolution; SGD 0.01 with momentum 0.9, weight
+  decay 5e-4, batch 64, 60 epochs at a constant rate.
+  """
+  c = finetune_config(model_name, dataset_name, normalization, width=64, stem='cifar',
+                      frozen_batch_stats=False, dtype='float32')
+  c.batch_size = 64
+  c.num_epochs = 60
+  c.schedule.name = 'constant'
+  c.optimizer.learning_rate = 0.01
+  c.optimizer.weight_decay = 5e-4
   return c
 
 

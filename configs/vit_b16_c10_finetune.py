@@ -5,10 +5,11 @@
 
 Takes a `.npz` of the original ViT or AugReg releases (see the README for downloads). The 32x32
 images are upsampled on the device to 384x384 (a 24x24 patch grid; the checkpoint's position
-embedding is resampled to it), the head starts at zero and the pre-training "pre_logits" layer
-is dropped. The recipe of the ViT paper's fine-tuning: SGD with momentum 0.9, no weight decay,
-batch 512, global gradient-norm clipping at 1, a linear warm-up of about 500 steps, then cosine
-decay from 0.03; here 26 epochs (2,522 steps). The paper reports 99.02% for ViT-B/16
+embedding is resampled to it) and scaled to [-1, 1] as the releases were pretrained
+('inception'); the head starts at zero and the pre-training "pre_logits" layer is dropped. The
+recipe of the ViT paper's fine-tuning: SGD with momentum 0.9, no weight decay, batch 512,
+global gradient-norm clipping at 1, a linear warm-up of about 500 steps, then cosine decay from
+0.03; here 26 epochs (2,522 steps). The paper reports 99.02% for ViT-B/16
 (ImageNet-21k) on CIFAR-10, and 98.88% for ViT-B/32. Not yet measured with this codebase.
 """
 from cifar_jax import config as config_lib

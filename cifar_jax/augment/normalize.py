@@ -42,11 +42,23 @@ def model_inputs(images, mean, std, input_size: int):
   return resize(normalize(images, mean, std), input_size)
 
 
-# Fixed per-channel (mean, std) in [0, 1] units, by `config.model.normalization` name; 'split'
-# is computed from the training split instead. 'cifar10' is the CIFAR-10 training split's
-# statistics as airbench and many PyTorch recipes hard-code them.
+# Fixed per-channel (mean, std) in [0, 1] units and RGB order, by `config.model.normalization`
+# name; 'split' is computed from the training split instead. A fine-tuning run normalises as its
+# weights were pretrained.
 FIXED_STATS = {
+    # The CIFAR-10 training split's statistics as airbench and many PyTorch recipes hard-code them.
     'cifar10': ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    # ImageNet's: torchvision's and timm's ImageNet weights (ResNets, VGG-BN: IMAGENET_DEFAULT_MEAN
+    # and _STD in timm), Keras applications' `torch` mode (e.g. DenseNet).
+    'imagenet': ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    # Keras applications' `caffe` mode (VGG16/19, ResNet50): the ImageNet mean pixel subtracted in
+    # [0, 255] units, not scaled. Keras also flips RGB to BGR; the loaders reverse the first
+    # convolution's input channels instead, so the mean is given here in RGB order.
+    'caffe': ((123.68 / 255, 116.779 / 255, 103.939 / 255), (1 / 255, 1 / 255, 1 / 255)),
+    # [-1, 1]: the original ViT and AugReg `.npz` releases ((x - 127.5) / 127.5 in
+    # vit_jax/input_pipeline.py), Keras applications' `tf` mode (Xception, InceptionV3,
+    # MobileNet), timm's IMAGENET_INCEPTION_MEAN and _STD.
+    'inception': ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
 }
 NORMALIZATIONS = ('split', *FIXED_STATS)
 
