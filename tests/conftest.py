@@ -2,6 +2,9 @@
 
 JAX sees 8 CPU devices, so parallel code runs as on 8 GPUs.
 """
+import functools
+import importlib
+import importlib.util
 import os
 import pickle
 import subprocess
@@ -74,6 +77,31 @@ def zero_variables(model, size=32):
                                                 jnp.zeros((1, size, size, 3)), train=False))
   variables = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), variables)
   return variables['params'], variables.get('batch_stats', {})
+
+
+def import_torchvision():
+  """torchvision, or a skip of the calling test when torch or torchvision is not installed.
+
+  A torchvision whose compiled operators do not load into the installed torch stops its import
+  at `operator torchvision::nms does not exist`: its Python side registers fake kernels for
+  `nms` and `qnms`, whose schemas the compiled library would have defined. Defining the two
+  schemas lets the import finish; the transforms the tests compare with are plain torch code.
+  """
+  if not all(importlib.util.find_spec(name) for name in ('torch', 'torchvision')):
+    pytest.skip('torch or torchvision is not installed')
+  import torch
+  if not hasattr(torch.ops.torchvision, 'nms'):
+    _torchvision_schemas()
+  return importlib.import_module('torchvision')
+
+
+@functools.cache  # Defined once per process; the cache keeps the library, and so the schemas.
+def _torchvision_schemas():
+  import torch
+  library = torch.library.Library('torchvision', 'DEF')
+  library.define('nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor')
+  library.define('qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor')
+  return library
 
 
 def mesh_of(num_devices):
