@@ -53,6 +53,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.augment.mixup_alpha = 0.0  # Beta(alpha, alpha) mixing weight; 0 is off.
   c.augment.cutmix_alpha = 0.0  # 0 is off.
   c.augment.mix_switch_prob = 0.5  # With both on: the chance a batch gets CutMix.
+  # torchvision's ColorJitter, after crop and flip and before cutout: per image, one factor per
+  # operation and the four operations in a random order. Each 0 is off.
+  c.augment.color_jitter = ml_collections.ConfigDict()
+  # Pixels multiplied by a factor uniform in [max(0, 1 - brightness), 1 + brightness].
+  c.augment.color_jitter.brightness = 0.0
+  # Blend with the mean grey level, factor uniform in [max(0, 1 - contrast), 1 + contrast].
+  c.augment.color_jitter.contrast = 0.0
+  # Blend with the greyscale image, factor uniform in [max(0, 1 - saturation), 1 + saturation].
+  c.augment.color_jitter.saturation = 0.0
+  # Hue shifted by an amount uniform in [-hue, hue], in turns of the colour wheel; at most 0.5.
+  c.augment.color_jitter.hue = 0.0
 
   c.model = model_config('resnet18', width=64, dtype='float32')
 

@@ -1,9 +1,9 @@
 """The input half of the train step: a batch of uint8 images -> the model's inputs and targets.
 
-Per-device code, inside the compiled step. In order: crop, flip and cutout; RandAugment; mixup
-or CutMix; label smoothing; normalisation; resizing to the model's input size. Each piece draws
-from its own named stream of the step's key (`cifar_jax.rng`). A new augmentation is a function
-in its own module, a call here and its fields in `config.augment`.
+Per-device code, inside the compiled step. In order: crop and flip; colour jitter; cutout;
+RandAugment; mixup or CutMix; label smoothing; normalisation; resizing to the model's input
+size. Each piece draws from its own named stream of the step's key (`cifar_jax.rng`). A new
+augmentation is a function in its own module, a call here and its fields in `config.augment`.
 """
 import jax
 import jax.numpy as jnp
@@ -11,7 +11,7 @@ import optax
 from jax import lax
 
 from cifar_jax import rng
-from cifar_jax.augment import crop_flip, mixing, normalize, randaugment
+from cifar_jax.augment import color_jitter, crop_flip, mixing, normalize, randaugment
 from cifar_jax.errors import UserError, check_choice
 from cifar_jax.sharding import DATA_AXIS
 
@@ -28,6 +28,13 @@ def check_config(augment_config, label_smoothing: float) -> None:
                     f'{a.randaugment_magnitude}.')
   if not 0 <= a.mix_switch_prob <= 1:
     raise UserError(f'config.augment.mix_switch_prob must be in [0, 1], got {a.mix_switch_prob}.')
+  for field in color_jitter.OP_NAMES:
+    if not a.color_jitter[field] >= 0:
+      raise UserError(f'config.augment.color_jitter.{field} must be >= 0 (0 is off), got '
+                      f'{a.color_jitter[field]}.')
+  if a.color_jitter.hue > color_jitter.MAX_HUE:
+    raise UserError(f'config.augment.color_jitter.hue must be at most {color_jitter.MAX_HUE} '
+                    f'(half the colour wheel), got {a.color_jitter.hue}.')
   check_choice('config.augment.padding_mode', a.padding_mode, crop_flip.PADDING_MODES)
   if a.alternating_flip and not a.flip:
     raise UserError('config.augment.alternating_flip needs config.augment.flip=True.')
@@ -75,10 +82,18 @@ def train_inputs(step_key, images, labels, *, augment_config, label_smoothing: f
   a = augment_config
   batch = images.shape[0]
   flips = alternating_flips(run_key, example_ids, epoch) if a.alternating_flip else None
+  crop_flip_keys = example_keys(rng.stream(step_key, 'crop_flip'), batch)
   images = crop_flip.crop_flip_cutout(
-      example_keys(rng.stream(step_key, 'crop_flip'), batch), images,
-      crop_padding=a.crop_padding, flip=a.flip, cutout_size=a.cutout_size,
+      crop_flip_keys, images, crop_padding=a.crop_padding, flip=a.flip, cutout_size=0,
       padding_mode=a.padding_mode, flips=flips)
+  # Jitter after crop and flip and before cutout, as torchvision pipelines place ColorJitter
+  # (on the image) and cutout (on the tensor), so the cutout square stays black. Cutout draws
+  # from its own stream of the same keys, so this second call cuts where one call would have.
+  images = color_jitter.color_jitter(
+      example_keys(rng.stream(step_key, 'color_jitter'), batch), images,
+      **{name: a.color_jitter[name] for name in color_jitter.OP_NAMES})
+  images = crop_flip.crop_flip_cutout(crop_flip_keys, images, crop_padding=0, flip=False,
+                                      cutout_size=a.cutout_size)
   if a.randaugment_ops:
     images = randaugment.randaugment(
         example_keys(rng.stream(step_key, 'randaugment'), batch), images,
