@@ -8,8 +8,9 @@ comparable across versions of the code.
 The streams of a run: under the seed, 'init' (parameters) and 'run' (the state's key); under
 the run's key, 'data_order' (one permutation per epoch), 'steps' (one key per step, by step
 number) and 'alternating_flip' (one bit per training example, by row); under a step's key,
-'crop_flip', 'randaugment', 'mixing' and 'dropout'; under an example's 'crop_flip' key, 'crop',
-'flip' and 'cutout'.
+'crop_flip', 'color_jitter', 'randaugment', 'mixing' and 'dropout'; under an example's
+'crop_flip' key, 'crop', 'flip' and 'cutout'; under an example's 'color_jitter' key, 'order'
+and 'factors'.
 """
 import zlib
 

@@ -2,6 +2,6 @@
 targets, on the device.
 
 `inputs.py` chains the pieces in their order; each piece is a pure array function in its own
-module: `crop_flip.py` (crop, flip, cutout), `randaugment.py`, `mixing.py` (mixup, CutMix) and
-`normalize.py` (normalisation, resizing, channel statistics).
+module: `crop_flip.py` (crop, flip, cutout), `color_jitter.py`, `randaugment.py`, `mixing.py`
+(mixup, CutMix) and `normalize.py` (normalisation, resizing, channel statistics).
 """
