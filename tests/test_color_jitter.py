@@ -232,7 +232,7 @@ def test_jittered_train_step_on_8_devices_equals_1_and_differs_from_no_jitter():
   assert not np.allclose(results['on', 1]['kernel'], results['off', 1]['kernel'])
 
 
-def test_jitter_runs_between_flip_and_cutout_with_the_same_crops_flips_and_cutouts():
+def test_cutout_comes_after_the_jitter_and_cuts_where_it_would_without_it():
   plain_config, jitter_config = augment_config(), augment_config(**JITTER)
   for config in (plain_config, jitter_config):
     config.crop_padding = 0  # So that zeros can only come from the cutout.
