@@ -144,7 +144,7 @@ def group_rows(rows: list[dict], groups: list[str], pairs: list[str],
   out, since their accuracy is not the recipe's.
   """
   accuracy = {}  # group -> {pair value: final test accuracy}
-  for row, group, pair in zip(rows, groups, pairs):
+  for row, group, pair in zip(rows, groups, pairs, strict=True):
     if row['status'] != 'finished' or row['final_test_accuracy'] == '':
       continue
     by_pair = accuracy.setdefault(group, {})
@@ -197,10 +197,9 @@ def compare(workdirs: list[str], out: str, group_by: str = '', pair_by: str = 's
   rows = [summarize(workdir) for workdir in workdirs]
   groups_table = ''
   if group_by:
-    configs = [workdir_lib.load_config(workdir) for workdir in workdirs]
-    grouped = group_rows(rows, [config_value(c, group_by, w) for c, w in zip(configs, workdirs)],
-                         [config_value(c, pair_by, w) for c, w in zip(configs, workdirs)],
-                         baseline)
+    configs = {w: workdir_lib.load_config(w) for w in workdirs}
+    grouped = group_rows(rows, [config_value(configs[w], group_by, w) for w in workdirs],
+                         [config_value(configs[w], pair_by, w) for w in workdirs], baseline)
   os.makedirs(out, exist_ok=True)
   table = _write_table(out, 'runs', rows, COLUMNS)
   if group_by:
