@@ -152,8 +152,10 @@ def test_unknown_dtype():
                  'representation_size', 'dtype']),
     ('vit_tiny_p4', ['dropout_rate', 'attention_dropout_rate', 'stochastic_depth_rate',
                      'classifier', 'representation_size', 'dtype']),
-    ('efficientnet_b0', ['dropout_rate', 'drop_connect_rate', 'se_ratio', 'dtype',
-                         'bn_momentum']),
+    ('efficientnet_b0', ['dropout_rate', 'drop_connect_rate', 'se_ratio', 'stem_strides',
+                         'padding', 'dtype', 'bn_momentum', 'bn_epsilon']),
+    ('efficientnetv2_b0', ['dropout_rate', 'drop_connect_rate', 'stem_strides', 'padding',
+                           'dtype', 'bn_momentum', 'bn_epsilon']),
     ('xception', ['width', 'middle_blocks', 'dropout_rate', 'dtype', 'bn_momentum']),
 ])
 def test_config_fields(name, fields):
@@ -404,6 +406,18 @@ def test_max_pool_and_its_gradient_are_xlas(shape, window):
   actual = jax.vjp(lambda x: layers.max_pool(x, window), x)
   np.testing.assert_array_equal(actual[0], expected[0])
   np.testing.assert_array_equal(actual[1](g)[0], expected[1](g)[0])
+
+
+def test_exact_gelu_is_flaxs_and_differentiates_inside_shard_map():
+  x = jnp.linspace(-9.0, 9.0, 4096).reshape(8, 512)
+  np.testing.assert_array_equal(layers.gelu_exact(x), nn.gelu(x, approximate=False))
+  expected = jax.grad(lambda x: nn.gelu(x, approximate=False).sum())(x)
+  mesh = mesh_of(8)
+  # The train step differentiates inside shard_map, where autodiff of erfc fails on jax 0.12.
+  grad = jax.jit(jax.shard_map(jax.grad(lambda x: layers.gelu_exact(x).sum()), mesh=mesh,
+                               in_specs=P('data'), out_specs=P('data')))
+  actual = grad(jax.device_put(x, NamedSharding(mesh, P('data'))))
+  np.testing.assert_allclose(actual, expected, rtol=0, atol=3e-7)
 
 
 @pytest.mark.parametrize('kernel,strides,padding', [

@@ -80,7 +80,7 @@ class Airbench(nn.Module):
     x = nn.Conv(whiten_width, (k, k), padding='VALID', kernel_init=_torch_default,
                 dtype=self.dtype, param_dtype=jnp.float32,
                 conv_general_dilated=layers.patch_conv, name='whiten')(x.astype(self.dtype))
-    x = nn.gelu(x, approximate=False)
+    x = layers.gelu_exact(x)
     conv = functools.partial(nn.Conv, kernel_size=(3, 3), padding='SAME', use_bias=False,
                              kernel_init=_identity_on_inputs, dtype=self.dtype,
                              param_dtype=jnp.float32, conv_general_dilated=layers.patch_conv)
@@ -94,7 +94,7 @@ class Airbench(nn.Module):
       if pool:
         x = layers.max_pool(x, 2)
       x = norm(name=f'group{group}_norm{index}')(x)
-      return nn.gelu(x, approximate=False).astype(self.dtype)
+      return layers.gelu_exact(x).astype(self.dtype)
 
     for group, features in enumerate(self.widths, start=1):
       x = conv_norm_gelu(x, features, 1, group, pool=True)
