@@ -104,6 +104,21 @@ def _torchvision_schemas():
   return library
 
 
+def import_keras():
+  """Keras 3 on the JAX backend, or a skip of the calling test when Keras 3 is not installed.
+
+  The backend is set before Keras' first import: its default, TensorFlow, is not a dependency.
+  """
+  if importlib.util.find_spec('keras') is None:
+    pytest.skip('keras is not installed')
+  if 'keras' not in sys.modules:
+    os.environ['KERAS_BACKEND'] = 'jax'
+  keras = importlib.import_module('keras')
+  if int(keras.__version__.split('.')[0]) < 3:
+    pytest.skip(f'Keras 3 is needed, not {keras.__version__}')
+  return keras
+
+
 def mesh_of(num_devices):
   """A 1-D `data` mesh over the first `num_devices` devices."""
   return Mesh(np.array(jax.devices()[:num_devices]), (sharding.DATA_AXIS,))

@@ -175,7 +175,8 @@ def resnet18_file(tmp_path_factory):
                                 r"model's stage1_block0/bn1/bias needs \(16,\)"),
     ('resnet10', {'width': 8}, r'weights the model has no place for, e.g. layer1.1.bn1.bias'),
     ('vit_tiny_p4', {}, 'ViT models load .npz checkpoints'),
-    ('vgg11', {}, 'load into ViT and ResNet models; VGG is neither'),
+    ('vgg11', {}, r"has no 'features.1.bias' for the model's block1_bn1/bias \(64,\)"),
+    ('simple_cnn', {}, 'pretrained weights load into .*, not SimpleCNN'),
 ])
 def test_a_checkpoint_of_another_architecture_is_refused_naming_the_parameter(
     resnet18_file, model_name, fields, message):

@@ -1,17 +1,20 @@
-"""ResNet weights written by PyTorch load into the flax ResNets and give the same logits.
+"""ResNet and VGG weights written by PyTorch load into the flax models and give the same logits.
 
-The reference is a torchvision-layout ResNet defined here in PyTorch (torchvision itself is not
-needed): its state dict is saved as `.safetensors` or `.pth`, or converted to Keras' `.h5`
-layout, loaded with `cifar_jax.pretrained`, and the flax model's logits are compared with
-PyTorch's on the same images. Skipped when PyTorch is not installed.
+The ResNet reference is a torchvision-layout ResNet defined here in PyTorch: its state dict is
+saved as `.safetensors` or `.pth`, or converted to Keras' `.h5` layout, loaded with
+`cifar_jax.pretrained`, and the flax model's logits are compared with PyTorch's on the same
+images. The VGG references are torchvision's and timm's own `vgg19_bn` (and torchvision's
+`vgg19`), with random weights and BatchNorm statistics. Skipped when PyTorch is not installed;
+the VGG tests also when torchvision or timm is not.
 """
 import h5py
 import numpy as np
 import pytest
 import safetensors.numpy
-from conftest import WritesAFileWhenUnpickled, zero_variables
+from conftest import WritesAFileWhenUnpickled, import_torchvision, random_images, zero_variables
 
 from cifar_jax import models, pretrained
+from cifar_jax.augment import normalize
 from cifar_jax.errors import UserError
 
 torch = pytest.importorskip('torch')
@@ -218,3 +221,122 @@ def test_a_pth_that_would_run_code_is_refused_without_running_it(tmp_path):
   with pytest.raises(UserError, match='could not read .*evil.pth as a PyTorch file'):
     pretrained.load(path, model, *zero_variables(model, size=64))
   assert not marker.exists()
+
+
+def torchvision_vgg(name):
+  """torchvision's `name` ('vgg19_bn', 'vgg19') with random weights and BatchNorm statistics,
+  in eval mode. Its classifier keeps torchvision's names but narrows 4096 to 8 units: the real
+  one's first layer alone holds 103M weights."""
+  torchvision = import_torchvision()
+  with torch.device('meta'):
+    net = getattr(torchvision.models, name)()
+  net.features.to_empty(device='cpu')
+  net.classifier = nn.Sequential(nn.Linear(512 * 7 * 7, 8), nn.ReLU(True), nn.Dropout(),
+                                 nn.Linear(8, 8), nn.ReLU(True), nn.Dropout(), nn.Linear(8, 1000))
+  return randomised_vgg(net)
+
+
+def timm_vgg19_bn():
+  """timm's `vgg19_bn` (as `vgg19_bn.tv_in1k`) with random weights and BatchNorm statistics; its
+  `pre_logits` narrowed to 8 units (the real one's 7x7 convolution holds 103M weights)."""
+  import_torchvision()  # timm imports it.
+  timm = pytest.importorskip('timm')
+  torch.manual_seed(0)
+  return randomised_vgg(timm.create_model('vgg19_bn', pretrained=False, mlp_ratio=8 / 4096))
+
+
+def randomised_vgg(net):
+  generator = torch.Generator().manual_seed(1)
+  with torch.no_grad():
+    for module in net.features:
+      if isinstance(module, nn.Conv2d):
+        fan_in = module.weight[0].numel()
+        module.weight.copy_(torch.randn(module.weight.shape, generator=generator)
+                            * np.sqrt(2 / fan_in))
+  return randomised(net)
+
+
+def assert_same_features(features, model, params, batch_stats, size):
+  """The flax VGG's logits are the torch network's mean-pooled `features` through its head."""
+  images = random_images(2, size=size)
+  mean, std = normalize.input_stats('imagenet', None)
+  inputs = normalize.model_inputs(images, mean, std, size)
+  rng = np.random.default_rng(2)
+  head = {'kernel': rng.normal(size=(512, 3)).astype(np.float32) / np.sqrt(512),
+          'bias': rng.normal(size=3).astype(np.float32)}
+  with torch.no_grad():
+    pooled = features(torch.from_numpy(np.asarray(inputs).transpose(0, 3, 1, 2))).mean((2, 3))
+  expected = pooled.numpy() @ head['kernel'] + head['bias']
+  got = model.apply({'params': {**params, 'head': head}, 'batch_stats': batch_stats}, inputs,
+                    train=False)
+  np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-4,
+                             atol=1e-4 * np.abs(expected).max())
+
+
+def save_state_dict(net, path):
+  if path.endswith('.safetensors'):
+    safetensors.numpy.save_file(state_dict_arrays(net), path)
+  else:
+    torch.save(net.state_dict(), path)
+
+
+@pytest.mark.parametrize('source, suffix, size', [
+    ('torchvision vgg19_bn', '.safetensors', 32),
+    ('torchvision vgg19_bn', '.pth', 64),  # A 2x2 final map, mean-pooled.
+    ('timm vgg19_bn', '.safetensors', 64),
+    ('torchvision vgg19', '.pth', 32),
+])
+def test_torch_vgg19_gives_the_same_features(source, suffix, size, tmp_path):
+  library, name = source.split()
+  net = torchvision_vgg(name) if library == 'torchvision' else timm_vgg19_bn()
+  path = str(tmp_path / f'{name}{suffix}')
+  save_state_dict(net, path)
+  model = models.create_model('vgg19', num_classes=3, batch_norm=name.endswith('_bn'))
+  params, batch_stats, notes = pretrained.load(path, model, *zero_variables(model, size))
+  classifier = {'torchvision': 'classifier.0.bias, classifier.0.weight, classifier.3.bias, '
+                               'classifier.3.weight ...',
+                'timm': 'head.fc.bias, head.fc.weight, pre_logits.fc1.bias, '
+                        'pre_logits.fc1.weight ...'}[library]
+  assert notes == ["head/bias: starts afresh in place of the file's classifier",
+                   "head/kernel: starts afresh in place of the file's classifier",
+                   f'left out of the file: {classifier}']
+  features = net.features if library == 'torchvision' else net.forward_features
+  assert_same_features(features, model, params, batch_stats, size)
+
+
+@pytest.fixture(scope='module')
+def vgg19_bn_file(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp('vgg') / 'vgg19_bn.safetensors')
+  save_state_dict(torchvision_vgg('vgg19_bn'), path)
+  return path
+
+
+@pytest.mark.parametrize('model_name, fields, message', [
+    ('vgg19', {'batch_norm': False}, r"has no 'features.2.bias' for the model's "
+                                     r'block1_conv2/bias \(64,\)'),
+    # VGG-16's third block has one convolution less: its fourth block starts 3 layers earlier.
+    ('vgg16', {}, r"has no 'features.25.bias' for the model's block4_bn1/bias \(512,\)"),
+    ('vgg19', {'width': 32}, r"features.1.bias has shape \(64,\) but the model's "
+                             r'block1_bn1/bias needs \(32,\)'),
+    ('resnet50', {}, r"has no 'layer1.0.bn1.bias' for the model's stage1_block0/bn1/bias"),
+])
+def test_a_torch_vgg_file_of_another_architecture_is_refused_naming_the_weight(
+    vgg19_bn_file, model_name, fields, message):
+  model = models.create_model(model_name, num_classes=10, **fields)
+  with pytest.raises(UserError, match=message):
+    pretrained.load(vgg19_bn_file, model, *zero_variables(model))
+
+
+def test_a_truncated_vgg_state_dict_is_refused_in_one_line(vgg19_bn_file, tmp_path):
+  model = models.create_model('vgg19', num_classes=10)
+  for suffix, format_name in (('.safetensors', 'safetensors'), ('.pth', 'PyTorch')):
+    path = tmp_path / f'vgg19_bn{suffix}'
+    if suffix == '.pth':
+      torch.save({k: torch.from_numpy(v) for k, v in
+                  safetensors.numpy.load_file(vgg19_bn_file).items()}, path)
+    else:
+      path.write_bytes(open(vgg19_bn_file, 'rb').read())
+    path.write_bytes(path.read_bytes()[:100_000])
+    with pytest.raises(UserError, match=f'could not read .* as a {format_name} file') as raised:
+      pretrained.load(str(path), model, *zero_variables(model))
+    assert '\n' not in str(raised.value)

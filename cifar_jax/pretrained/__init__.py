@@ -7,14 +7,23 @@ Supported (`config.model.init_from`):
     ImageNet-1k; B/16, B/32, L/16). The position embedding is resampled when the model's input
     size gives another patch grid than the checkpoint's.
   - ResNets: torchvision state dicts (ResNet-18/34/50, also timm's `resnet*.tv_in1k`) as
-    `.safetensors` or, with PyTorch installed, `.pth`; Keras' ResNet50 `.h5` weights into the
+    `.safetensors` or, with PyTorch installed, `.pth`; Keras' ResNet50 weights into the
     `resnet50_keras` model.
+  - VGGs: torchvision's and timm's `vgg*_bn` state dicts (`vgg*` without BatchNorm) as
+    `.safetensors` or `.pth`; Keras' VGG16/VGG19 weights into a model with `batch_norm=False`.
+    The file's classifier (three Dense layers for ImageNet) is left out.
+
+Keras files are read in each layout Keras writes: the legacy `.h5` (the keras.applications
+downloads, Keras 2's `save_weights`), Keras 3's `.weights.h5` and its `.keras` archives. Keras'
+VGG and ResNet50 expect BGR images: their first kernel's input channels are reversed on loading,
+so every model takes RGB (normalise with `config.model.normalization='caffe'`).
 
 Every variable of the model must come from the file with its exact shape, with two exceptions
 that make fine-tuning possible: the classifier `head` starts afresh (zero, as in the ViT
-fine-tuning recipe) when the file's has another number of classes, and a ResNet's `stem_conv`
-starts afresh when the model's 3x3 CIFAR stem replaces the file's 7x7 ImageNet one. Anything
-else missing, misshapen or left over in the file is an error naming the variable.
+fine-tuning recipe) when the file's has another number of classes or is another stack of layers,
+and a ResNet's `stem_conv` starts afresh when the model's 3x3 CIFAR stem replaces the file's 7x7
+ImageNet one. Anything else missing, misshapen or left over in the file is an error naming the
+variable.
 """
 import logging
 
@@ -23,7 +32,7 @@ import numpy as np
 
 from cifar_jax import models
 from cifar_jax.errors import UserError
-from cifar_jax.pretrained import formats, resnet, vit
+from cifar_jax.pretrained import formats, resnet, vgg, vit
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +64,10 @@ def load(path: str, model, params, batch_stats) -> tuple[dict, dict, list[str]]:
   for var_path, fresh in template.items():
     shown = '/'.join(var_path[1:])
     name = name_of(var_path)
+    if name is None and var_path[1] == 'head':  # The file's classifier does not fit the model's.
+      loaded[var_path] = fresh
+      notes.append(f'{shown}: starts afresh in place of the file\'s classifier')
+      continue
     if name not in arrays:
       if var_path[1] == 'head':
         loaded[var_path] = fresh
@@ -82,7 +95,9 @@ def load(path: str, model, params, batch_stats) -> tuple[dict, dict, list[str]]:
     raise UserError(f'{path} has {len(leftover)} weights the model has no place for, e.g. '
                     f'{", ".join(leftover[:3])}: is it a checkpoint of another architecture or '
                     f'width than {type(model).__name__} as configured?')
-  skipped = sorted(n for n in arrays if n not in used)
+  # BatchNorm counters last, so the note shows what matters (e.g. a classifier) first.
+  skipped = sorted((n for n in arrays if n not in used),
+                   key=lambda n: (resnet.is_batch_norm_counter(n), n))
   if skipped:
     notes.append(f'left out of the file: {", ".join(skipped[:4])}'
                  f'{" ..." if len(skipped) > 4 else ""}')
@@ -105,12 +120,24 @@ def _layout(model, format_name: str, path: str):
     if format_name in ('safetensors', 'PyTorch'):
       return (resnet.torchvision_name, _shape_free(resnet.torchvision_value),
               lambda name, _: resnet.is_batch_norm_counter(name))
-    if format_name == 'Keras HDF5':
+    if format_name in formats.KERAS:
       return resnet.keras_name, _shape_free(resnet.keras_value), lambda name, _: False
-    raise UserError(f'{path}: ResNets load torchvision (.safetensors, .pth) or Keras (.h5) '
-                    f'weights, not {format_name} files.')
-  raise UserError(f'pretrained weights load into ViT and ResNet models; '
-                  f'{type(model).__name__} is neither.')
+    raise UserError(f'{path}: ResNets load torchvision (.safetensors, .pth) or Keras (.h5, '
+                    f'.keras) weights, not {format_name} files.')
+  if isinstance(model, models.vgg.VGG):
+    if format_name in ('safetensors', 'PyTorch'):
+      return (vgg.torchvision_name_function(model.block_sizes, model.batch_norm),
+              _shape_free(vgg.torchvision_value), lambda name, _: vgg.is_torchvision_extra(name))
+    if format_name in formats.KERAS:
+      if model.batch_norm:
+        raise UserError(f'{path}: Keras\' VGG16 and VGG19 have no BatchNorm; load them into a '
+                        'VGG with --config.model.batch_norm=False.')
+      return (vgg.keras_name, _shape_free(vgg.keras_value),
+              lambda name, _: vgg.is_keras_classifier(name))
+    raise UserError(f'{path}: VGGs load torchvision or timm (.safetensors, .pth) or Keras (.h5, '
+                    f'.keras) weights, not {format_name} files.')
+  raise UserError(f'pretrained weights load into ViT, ResNet and VGG models, not '
+                  f'{type(model).__name__}.')
 
 
 def _shape_free(value_of):
