@@ -9,7 +9,7 @@ import pytest
 
 from cifar_jax.augment.crop_flip import crop_flip_cutout
 from cifar_jax.augment.inputs import alternating_flips
-from cifar_jax.augment.normalize import channel_stats, normalize
+from cifar_jax.augment.normalize import channel_stats, input_stats, normalize
 
 
 def _keys(n, seed=0):
@@ -147,6 +147,25 @@ def test_normalize_matches_formula(dtype):
   tolerance = 1e-6 if dtype == jnp.float32 else 1e-2
   np.testing.assert_allclose(np.asarray(out, np.float64), expected, rtol=tolerance,
                              atol=tolerance)
+
+
+# Pixel values 0, 128, 255 in every channel, and the inputs each pretraining's own preprocessing
+# makes of them (RGB order): Keras' `caffe` mode subtracts the BGR mean pixel (103.939, 116.779,
+# 123.68) without scaling, `tf` mode and the ViT releases give (x - 127.5) / 127.5, torchvision
+# (x / 255 - mean) / std.
+_PIXELS = np.array([0.0, 128.0, 255.0])[:, None]
+PRETRAINED_INPUTS = {
+    'caffe': _PIXELS - [123.68, 116.779, 103.939],
+    'inception': np.repeat((_PIXELS - 127.5) / 127.5, 3, axis=1),
+    'imagenet': (_PIXELS / 255 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225],
+}
+
+
+@pytest.mark.parametrize('name', PRETRAINED_INPUTS)
+def test_pretraining_normalisations_give_the_releases_inputs(name):
+  images = np.repeat(_PIXELS, 3, axis=1).astype(np.uint8)[None, None]  # [1, 1, 3 pixels, 3].
+  out = normalize(images, *input_stats(name, None))
+  np.testing.assert_allclose(np.asarray(out)[0, 0], PRETRAINED_INPUTS[name], rtol=1e-5, atol=1e-4)
 
 
 def test_channel_stats_matches_numpy():

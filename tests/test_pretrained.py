@@ -4,6 +4,7 @@ The files are written here in each real layout (same names, nesting and dtypes) 
 values at small widths. Numerical agreement with PyTorch is in test_pretrained_torch.py.
 """
 import functools
+import os
 
 import flax
 import jax
@@ -12,7 +13,13 @@ import ml_collections
 import numpy as np
 import pytest
 import safetensors.numpy
-from conftest import WritesAFileWhenUnpickled, tiny_config, zero_variables
+from conftest import (
+    CONFIG_DIR,
+    WritesAFileWhenUnpickled,
+    load_config_file,
+    tiny_config,
+    zero_variables,
+)
 
 from cifar_jax import config as config_lib
 from cifar_jax import models, pretrained
@@ -271,6 +278,17 @@ def test_frozen_backbone_follows_the_schedule_from_the_unfreeze_step():
   updates = updates_of(config, 4, grads)
   np.testing.assert_allclose([u['body']['kernel'][0] for u in updates],
                              [0.0, 0.0, -schedule(2), -schedule(3)], rtol=1e-6)
+
+
+@pytest.mark.parametrize('config_name, normalization', [
+    ('vit_b16_c10_finetune', 'inception'), ('vit_b32_c100_finetune', 'inception'),
+    ('resnet50_c10_finetune', 'imagenet'), ('resnet50_c100_finetune', 'caffe'),
+    ('vgg19_c100_finetune', 'caffe')])
+def test_finetuning_configs_normalise_as_their_weights_were_pretrained(config_name,
+                                                                       normalization):
+  config = load_config_file(os.path.join(CONFIG_DIR, f'{config_name}.py'))
+  assert config.model.normalization == normalization
+  assert config.model.init_from is None  # Required from the command line.
 
 
 def test_config_requires_a_weights_file_where_the_recipe_needs_one():
