@@ -22,6 +22,7 @@ from cifar_jax.errors import UserError
 from cifar_jax.models import (
     airbench,
     efficientnet,
+    efficientnet_v2,
     preact_resnet,
     resnet,
     simple_cnn,
@@ -53,6 +54,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     'vit_b32': vit.ViTB32,
     'vit_l16': vit.ViTL16,
     'efficientnet_b0': efficientnet.EfficientNetB0,
+    'efficientnetv2_b0': efficientnet_v2.EfficientNetV2B0,
     'xception': xception.Xception,
 }
 
@@ -81,6 +83,7 @@ TINY: dict[str, Callable[..., nn.Module]] = {
     'vit_b32': vit.TinyViT,
     'vit_l16': vit.TinyViT,
     'efficientnet_b0': efficientnet.TinyEfficientNet,
+    'efficientnetv2_b0': efficientnet_v2.TinyEfficientNetV2,
     'xception': xception.TinyXception,
 }
 

@@ -10,7 +10,16 @@ stride. At 224x224 the reference downsamples by 32 to a 7x7 map; a 32x32 image w
 output maps of 32, 16, 8, 4, 4, 2 and 2 pixels a side, the maps (and cost) of the reference at
 64x64, and the parameters are unchanged, so ImageNet weights still fit. Dropping the first
 stride-2 stage's stride as well was the alternative; it quadruples the cost of every later stage
-for a 4x4 final map.
+for a 4x4 final map. `stem_strides=2` restores the reference network exactly, for inputs resized
+to 224x224 or so (fine-tuning at the pretraining's resolution).
+
+Padding and BatchNorm epsilon are fields, since the pretrained weights in circulation were
+trained with two conventions (see `cifar_jax.pretrained.efficientnet`): TensorFlow's 'SAME'
+padding, which for a stride-2 convolution on an even size pads one pixel more at the bottom and
+right than at the top and left, with epsilon 1e-3 (the TensorFlow original, Keras applications,
+timm's `tf_efficientnet_*`; the defaults), and PyTorch's symmetric padding of k // 2 pixels with
+epsilon 1e-5 (timm's own `efficientnet_b0`). Loading weights into the other convention shifts
+every stride-2 sampling grid by a pixel.
 """
 
 import dataclasses
@@ -21,7 +30,19 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from cifar_jax.errors import check_choice
 from cifar_jax.models import layers
+
+# `padding` choices: TensorFlow's 'SAME' (the extra pixel of a stride-2 convolution on an even
+# size at the bottom/right), or k // 2 pixels on every side as PyTorch pads.
+PADDINGS = ('same', 'symmetric')
+
+
+def conv_padding(padding: str, kernel_size: int):
+  """The flax `padding` of a k x k convolution under `padding` (one of `PADDINGS`)."""
+  if padding == 'same':
+    return 'SAME'  # lax pads as TensorFlow: before = total // 2, after = the rest.
+  return ((kernel_size // 2, kernel_size // 2),) * 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +104,9 @@ class MBConvBlock(nn.Module):
     expand_ratio: Inner channels as a multiple of the input channels; 1 skips the expansion.
     kernel_size: Side of the depthwise kernel.
     strides: Stride of the depthwise convolution.
-    se_ratio: Squeeze-excitation bottleneck width as a fraction of the input channels.
+    se_ratio: Squeeze-excitation bottleneck width as a fraction of the input channels; 0 leaves
+      the squeeze-excitation out.
+    padding: One of `PADDINGS`.
     drop_path_rate: Probability of skipping the residual branch for an example, in train mode.
     conv: Convolution constructor (no bias, initialiser and dtypes bound).
     norm: BatchNorm constructor (train/eval mode, momentum, axis name and dtypes bound).
@@ -94,6 +117,7 @@ class MBConvBlock(nn.Module):
   kernel_size: int
   strides: int
   se_ratio: float
+  padding: str
   drop_path_rate: float
   conv: layers.ModuleDef
   norm: layers.ModuleDef
@@ -107,10 +131,11 @@ class MBConvBlock(nn.Module):
       y = self.conv(in_features * self.expand_ratio, (1, 1), name='expand_conv')(y)
       y = nn.swish(self.norm(name='expand_bn')(y))
     k, s = self.kernel_size, self.strides
-    y = self.conv(y.shape[-1], (k, k), (s, s), feature_group_count=y.shape[-1],
-                  name='depthwise_conv')(y)
+    y = self.conv(y.shape[-1], (k, k), (s, s), padding=conv_padding(self.padding, k),
+                  feature_group_count=y.shape[-1], name='depthwise_conv')(y)
     y = nn.swish(self.norm(name='depthwise_bn')(y))
-    y = SqueezeExcitation(max(1, int(in_features * self.se_ratio)), self.dtype, name='se')(y)
+    if self.se_ratio > 0:
+      y = SqueezeExcitation(max(1, int(in_features * self.se_ratio)), self.dtype, name='se')(y)
     y = self.conv(self.features, (1, 1), name='project_conv')(y)
     # No activation after the projection: the block's output is a linear bottleneck.
     y = self.norm(name='project_bn')(y)
@@ -135,8 +160,13 @@ class EfficientNet(nn.Module):
       residual branch with probability drop_connect_rate * i / n, in train mode. Like dropout,
       it draws from the 'dropout' rng.
     se_ratio: Squeeze-excitation bottleneck width as a fraction of a block's input channels.
+    stem_strides: Stride of the stem convolution: 1 for 32x32 inputs (the CIFAR adaptation), 2
+      as in the reference, for inputs of 224x224 or so.
+    padding: 'same' (TensorFlow's) or 'symmetric' (PyTorch's); see the module docstring.
     dtype, bn_axis_name, bn_momentum: The shared fields (see `layers`). The TensorFlow
       reference's BatchNorm momentum is 0.99; the default here is the other families' 0.9.
+    bn_epsilon: BatchNorm's variance epsilon: the reference's 1e-3, or 1e-5 for timm's own
+      PyTorch-trained weights.
   """
   stages: Sequence[Stage]
   stem_features: int
@@ -145,26 +175,32 @@ class EfficientNet(nn.Module):
   dropout_rate: float = 0.2
   drop_connect_rate: float = 0.2
   se_ratio: float = 0.25
+  stem_strides: int = 1
+  padding: str = 'same'
   dtype: Any = jnp.float32
   bn_axis_name: str | None = None
   bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-3
 
   def __post_init__(self):
     # Checked here so a bad config fails when the model is created, not deep inside tracing.
-    layers.check_fields(self, sizes=('stem_features', 'head_features'), positive=('se_ratio',),
+    layers.check_fields(self, sizes=('stem_features', 'head_features', 'stem_strides'),
+                        positive=('se_ratio', 'bn_epsilon'),
                         rates=('dropout_rate', 'drop_connect_rate', 'bn_momentum'))
+    check_choice('config.model.padding', self.padding, PADDINGS)
     super().__post_init__()
 
   @nn.compact
   def __call__(self, x, *, train: bool):
     """Class logits of normalised images, as every family computes them (see `layers`)."""
-    # 'SAME' padding as in the TensorFlow original, whose checkpoints assume it.
-    conv = layers.conv(self, use_bias=False, padding='SAME')
-    # The reference's epsilon, so that reference weights normalise as they were trained to.
-    norm = layers.batch_norm(self, train=train, epsilon=1e-3)
+    # 1x1 convolutions pad nothing under either padding; the others name theirs.
+    conv = layers.conv(self, use_bias=False, padding='VALID')
+    norm = layers.batch_norm(self, train=train, epsilon=self.bn_epsilon)
 
     x = x.astype(self.dtype)
-    x = conv(self.stem_features, (3, 3), name='stem_conv')(x)
+    s = self.stem_strides
+    x = conv(self.stem_features, (3, 3), (s, s), padding=conv_padding(self.padding, 3),
+             name='stem_conv')(x)
     x = nn.swish(norm(name='stem_bn')(x))
     num_blocks = sum(stage.repeats for stage in self.stages)
     block_index = 0
@@ -173,7 +209,7 @@ class EfficientNet(nn.Module):
         x = MBConvBlock(
             features=stage.features, expand_ratio=stage.expand_ratio,
             kernel_size=stage.kernel_size, strides=stage.strides if j == 0 else 1,
-            se_ratio=self.se_ratio,
+            se_ratio=self.se_ratio, padding=self.padding,
             drop_path_rate=self.drop_connect_rate * block_index / num_blocks, conv=conv,
             norm=norm, dtype=self.dtype, name=f'stage{i + 1}_block{j}')(x, train=train)
         block_index += 1
