@@ -259,6 +259,35 @@ def resnet50_finetune_config(model_name: str, dataset_name: str,
   return c
 
 
+def efficientnet_finetune_config(model_name: str,
+                                 dataset_name: str) -> ml_collections.ConfigDict:
+  """ImageNet EfficientNet weights fine-tuned at 224x224: 'efficientnet_b0', 'efficientnetv2_b0'.
+
+  The reference network (stem stride 2, TensorFlow's padding, BatchNorm epsilon 1e-3: Keras'
+  files and timm's `tf_` ports) on the 32x32 images resized to 224x224, the pretraining's
+  resolution, normalised with ImageNet's statistics as both releases were pretrained. SGD with
+  Nesterov momentum 0.9 from 0.02 for the global batch of 128 (one warm-up epoch, then cosine),
+  10 epochs (3,910 steps on 50,000 images), weight decay 1e-4 on kernels only, label smoothing
+  0.1, the reference's dropout and stochastic depth (0.2), bfloat16 compute. timm's own
+  `efficientnet_b0` weights need `--config.model.padding=symmetric
+  --config.model.bn_epsilon=1e-5`.
+  """
+  c = finetune_config(model_name, dataset_name, 'imagenet', dropout_rate=0.2,
+                      drop_connect_rate=0.2, stem_strides=2, padding='same', bn_epsilon=1e-3,
+                      dtype='bfloat16')
+  c.model.input_size = 224
+  c.batch_size = 128
+  c.num_epochs = 10
+  c.optimizer.learning_rate = 0.02
+  c.optimizer.nesterov = True
+  c.optimizer.weight_decay = 1e-4
+  c.optimizer.decay_norm_and_bias = False
+  c.schedule.name = 'cosine'
+  c.schedule.warmup_epochs = 1.0
+  c.label_smoothing = 0.1
+  return c
+
+
 def airbench_config(*, epochs: float, lr: float, weight_decay: float = 0.0153,
                     momentum: float = 0.85, batch_size: int = 1024, bias_lr_scale: float = 64.0,
                     whiten_bias_epochs: float = 3, translate: int = 2, cutout: int = 0,

@@ -283,7 +283,8 @@ def test_frozen_backbone_follows_the_schedule_from_the_unfreeze_step():
 @pytest.mark.parametrize('config_name, normalization', [
     ('vit_b16_c10_finetune', 'inception'), ('vit_b32_c100_finetune', 'inception'),
     ('resnet50_c10_finetune', 'imagenet'), ('resnet50_c100_finetune', 'caffe'),
-    ('vgg19_c100_finetune', 'caffe')])
+    ('vgg19_c100_finetune', 'caffe'), ('efficientnet_b0_c100_finetune', 'imagenet'),
+    ('efficientnetv2_b0_c100_finetune', 'imagenet')])
 def test_finetuning_configs_normalise_as_their_weights_were_pretrained(config_name,
                                                                        normalization):
   config = load_config_file(os.path.join(CONFIG_DIR, f'{config_name}.py'))
