@@ -79,10 +79,14 @@ def summarize(workdir: str) -> dict:
                     '`python -m cifar_jax.main`?')
   config = workdir_lib.load_config(workdir)
   records = workdir_lib.read_metrics(workdir)
-  # A run writes classes.json as it starts; the dataset's name tells as much before that.
-  num_classes = (len(workdir_lib.load_classes(workdir)['class_names'])
-                 if os.path.exists(os.path.join(workdir, 'classes.json'))
-                 else {'cifar10': 10, 'cifar100': 100}[config.dataset.name])
+  # A run writes classes.json as it starts; before that, CIFAR's name tells the class count,
+  # while an image folder's is unknown (the table reads no data): no parameter count then.
+  if os.path.exists(os.path.join(workdir, 'classes.json')):
+    num_classes = len(workdir_lib.load_classes(workdir)['class_names'])
+  elif config.dataset.source == 'folder':
+    num_classes = None
+  else:
+    num_classes = {'cifar10': 10, 'cifar100': 100}[config.dataset.name]
   speeds = [r['images_per_sec'] for r in records if r.get('images_per_sec')]
   accuracies = [r['test_accuracy'] for r in records if 'test_accuracy' in r]
   last = records[-1] if records else {}
@@ -90,9 +94,10 @@ def summarize(workdir: str) -> dict:
       'run': os.path.basename(os.path.normpath(workdir)),
       'model': config.model.name,
       'dataset': config.dataset.name,
-      # 'local' (the official archives), 'tfds' or 'synthetic' (random data, not CIFAR).
+      # 'local' (the official archives), 'tfds', 'synthetic' (random data, not CIFAR) or
+      # 'folder' (image files).
       'source': config.dataset.source,
-      'parameters': count_parameters(config, num_classes),
+      'parameters': count_parameters(config, num_classes) if num_classes else '',
       'epochs': f'{last["epoch"]:g}' if records else '0',
       'status': status(config, records),
       'wall_time': _duration(last.get('wall_seconds')),

@@ -29,9 +29,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0  # Parameter init, data order and augmentation all derive from it.
 
   c.dataset = ml_collections.ConfigDict()
-  c.dataset.name = 'cifar100'  # 'cifar10' | 'cifar100'.
-  c.dataset.source = 'local'  # 'local' (official archives) | 'tfds' | 'synthetic'.
-  c.dataset.data_dir = ''  # '' means the per-user cache (~/.cache/cifar_jax).
+  c.dataset.name = 'cifar100'  # 'cifar10' | 'cifar100'; with `folder`, any name for reports.
+  # 'local' (official archives) | 'tfds' | 'synthetic' | 'folder' (your images in
+  # data_dir/train/<class>/ and data_dir/test/<class>/, any number of classes; see data/folder.py).
+  c.dataset.source = 'local'
+  c.dataset.data_dir = ''  # '' means the per-user cache (~/.cache/cifar_jax); `folder` needs one.
   c.dataset.download = True  # Fetch the official archive when `local` finds none.
   # Training examples held out (fixed by `seed`) to tune on instead of the test
   # split; 0 means evaluate on the test split.

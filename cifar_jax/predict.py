@@ -4,9 +4,10 @@
         IMAGE_OR_DIR...
 
 Any image Pillow reads (PNG, JPEG, GIF, BMP, WebP, ...) of any size: it is centre-cropped to a
-square and resized to 32x32, as CIFAR's images are, then goes through the model as the test
-split does (with `eval_flip_tta` if the run used it). A directory stands for the files in it
-(sorted, not recursive; only its regular files). Prints one line per image, `FILE: class
+square and resized to 32x32, as CIFAR's images are, by the function that decodes the 'folder'
+source's images too (`cifar_jax.data.images`), then goes through the model as the test split
+does (with `eval_flip_tta` if the run used it). A directory stands for the files in it (sorted,
+not recursive; only its regular files). Prints one line per image, `FILE: class
 probability, ...`, or with `--json` one JSON object per image. A file that fails gets one error
 line on stderr naming it and the cause (with `--json`, an object with an `error`), and the others
 are still predicted; the exit status is then 1. Failures: missing or unreadable, not a regular
@@ -15,16 +16,14 @@ more pixels than Pillow decodes (`2 * PIL.Image.MAX_IMAGE_PIXELS`, a possible de
 """
 import json
 import os
-import stat
 import sys
-import warnings
 
 import jax
 import numpy as np
 from absl import app, flags
-from PIL import Image, UnidentifiedImageError
 
 from cifar_jax import cli
+from cifar_jax.data.images import read_image
 from cifar_jax.errors import UserError
 from cifar_jax.results import restore
 
@@ -32,8 +31,6 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'A workdir written by cifar_jax.
 _CHECKPOINT = flags.DEFINE_string('checkpoint', 'best', "'best', 'latest' or a step number.")
 _TOP_K = flags.DEFINE_integer('top_k', 3, 'Classes to print per image, most probable first.')
 _JSON = flags.DEFINE_bool('json', False, 'One JSON object per image instead of text.')
-
-IMAGE_SIZE = 32
 
 
 def expand(paths: list[str]) -> tuple[list[str], dict[str, str]]:
@@ -53,60 +50,6 @@ def expand(paths: list[str]) -> tuple[list[str], dict[str, str]]:
     else:
       files.append(path)
   return files, errors
-
-
-# What a path is when it is not a regular file, for its error message.
-_NOT_REGULAR = ((stat.S_ISDIR, 'a directory'), (stat.S_ISFIFO, 'a FIFO'),
-                (stat.S_ISSOCK, 'a socket'), (stat.S_ISCHR, 'a character device'),
-                (stat.S_ISBLK, 'a block device'))
-
-
-def open_regular_file(path: str):
-  """`path` opened for binary reading, if it is a regular file.
-
-  Checked with `os.stat` first: opening a FIFO waits for a writer, forever, and opening a device
-  may have effects. Opened non-blocking, so a file swapped for a FIFO since cannot hang either.
-
-  Raises:
-    UserError: if `path` is missing, cannot be opened or is not a regular file.
-  """
-  try:
-    mode = os.stat(path).st_mode
-    if stat.S_ISREG(mode):
-      return os.fdopen(os.open(path, os.O_RDONLY | getattr(os, 'O_NONBLOCK', 0)), 'rb')
-  except FileNotFoundError:
-    raise UserError(f'{path}: no such file') from None
-  except OSError as e:
-    raise UserError(f'{path}: cannot be read ({e.strerror or e})') from None
-  kind = next((name for test, name in _NOT_REGULAR if test(mode)), 'not a file')
-  raise UserError(f'{path}: not a regular file ({kind}); name image files or directories.')
-
-
-def read_image(path: str) -> np.ndarray:
-  """uint8 [32, 32, 3]: the centre square of the image, resized with antialiasing.
-
-  Raises:
-    UserError: if the file is missing, unreadable or not a regular file, is not an image Pillow
-      can decode, or has more pixels than Pillow decodes (a possible decompression bomb).
-  """
-  with open_regular_file(path) as file:
-    try:
-      with warnings.catch_warnings():
-        # Pillow warns above MAX_IMAGE_PIXELS and refuses above twice that (the error below):
-        # the pixels decoded are bounded either way, and a large photo is still an image.
-        warnings.simplefilter('ignore', Image.DecompressionBombWarning)
-        with Image.open(file) as image:
-          image = image.convert('RGB')
-    except UnidentifiedImageError:
-      raise UserError(f'{path}: not an image Pillow can read (no format it knows)') from None
-    except Image.DecompressionBombError as e:
-      raise UserError(f'{path}: refused as a possible decompression bomb ({e})') from None
-    except Exception as e:  # noqa: BLE001 (malformed files raise many types from Pillow's decoders)
-      raise UserError(f'{path}: not an image Pillow can read ({type(e).__name__}: {e})') from None
-  side = min(image.size)
-  left, top = (image.width - side) // 2, (image.height - side) // 2
-  image = image.crop((left, top, left + side, top + side))
-  return np.asarray(image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.LANCZOS), np.uint8)
 
 
 def predict(workdir: str, paths: list[str], which: str = 'best', top_k: int = 3) -> list[dict]:

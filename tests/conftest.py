@@ -169,6 +169,23 @@ def write_official_cifar100(directory):
        'coarse_label_names': list(dataset.coarse_class_names)}, protocol=4))
 
 
+def write_official_cifar10(directory, train_images, train_labels, test_images, test_labels,
+                           class_names):
+  """These images in the official `cifar-10-batches-py/` layout: the training rows split in order
+  over `data_batch_1`..`5`, the test rows in `test_batch`."""
+  folder = directory / 'cifar-10-batches-py'
+  folder.mkdir(parents=True)
+  batches = zip(np.array_split(np.arange(len(train_labels)), 5), range(1, 6), strict=True)
+  files = [(f'data_batch_{i}', train_images[rows], train_labels[rows]) for rows, i in batches]
+  for name, images, labels in [*files, ('test_batch', test_images, test_labels)]:
+    rows = images.transpose(0, 3, 1, 2).reshape(len(labels), -1)  # 1024 R, G, B.
+    content = {'data': rows, 'labels': [int(label) for label in labels],
+               'filenames': [f'{i}.png' for i in range(len(labels))]}
+    (folder / name).write_bytes(pickle.dumps(content, protocol=4))
+  (folder / 'batches.meta').write_bytes(pickle.dumps({'label_names': list(class_names)},
+                                                     protocol=4))
+
+
 class WritesAFileWhenUnpickled:
   """An object whose unpickling would run code: create the file at `marker`."""
 

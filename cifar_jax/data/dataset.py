@@ -43,7 +43,7 @@ class Dataset:
   """A dataset with its train and test splits and class names.
 
   Attributes:
-    name: 'cifar10' or 'cifar100'.
+    name: 'cifar10' or 'cifar100'; for the 'folder' source, `config.dataset.name` as given.
     train: The training split.
     test: The test split.
     class_names: One name per class; the index is the label.

@@ -146,8 +146,11 @@ def _write_markdown(out: str, trained: restore.Trained, analysis: dict, figures:
   config, names = trained.config, trained.classes['class_names']
   accuracy = analysis['per_class_accuracy']
   worst = ', '.join(f'{names[i]} ({accuracy[i]:.3f})' for i in np.argsort(accuracy)[:3])
+  dataset = config.dataset.name
+  if config.dataset.source == 'folder':  # Its name is whatever the config says: show the folder.
+    dataset += f' (the images in {config.dataset.data_dir})'
   lines = [
-      f'# {config.model.name} on {config.dataset.name}', '',
+      f'# {config.model.name} on {dataset}', '',
       f'Checkpoint step {trained.step}, {analysis["split"]} split of '
       f'{len(analysis["labels"])} images.', '',
       '| metric | value |', '| --- | --- |',
