@@ -20,7 +20,7 @@ setuptools.setup(
         # TensorBoard event files without TensorFlow.
         "tensorboardX>=2.6.5",
         "tqdm>=4.70.1",
-        # Decodes the images of the tfds copy of CIFAR.
+        # Decodes images: the tfds copy of CIFAR, the folder source, predict's files.
         "pillow>=13.0.0",
         # Pretrained weights: .safetensors without PyTorch, and Keras' .h5 files.
         "safetensors>=0.8.0",
