@@ -136,6 +136,18 @@ def base_config() -> ml_collections.ConfigDict:
   c.lookahead.decay = 0.95  # Per step.
   c.lookahead.power = 3.0  # The decay grows from 0 to decay**every as (step / total)**power.
 
+  # Dynamic loss scaling, used only when `model.dtype` is 'float16' (see
+  # `training/loss_scale.py`): the loss of the global batch is multiplied by the scale before
+  # differentiating and the gradients divided by it; a step with a non-finite gradient is
+  # skipped and the scale divided by `factor`, and after `growth_interval` steps in a row with
+  # finite gradients it is multiplied by `factor`.
+  c.loss_scale = ml_collections.ConfigDict()
+  c.loss_scale.initial = 2.0**15  # A multiplier of the loss; powers of 2 scale exactly.
+  c.loss_scale.growth_interval = 2000  # Train steps with finite gradients in a row.
+  c.loss_scale.factor = 2.0
+  # The floor: a non-finite step at this scale is applied, and the loop stops the run.
+  c.loss_scale.min = 1.0
+
   # The metric evaluated on the validation split (test split when there is
   # none) that drives plateau cuts, early stopping and the best checkpoint.
   c.monitor = 'accuracy'  # 'accuracy' (higher is better) | 'loss'.
@@ -188,7 +200,8 @@ def model_config(name: str, **fields) -> ml_collections.ConfigDict:
   """`config.model` for model `name`: the fields every model has, plus the family's `fields`.
 
   `fields` are keyword arguments of the family's constructor (see `cifar_jax.models`), e.g.
-  `width` and `dtype` ('float32' | 'bfloat16' compute) for ResNets.
+  `width` and `dtype` ('float32' | 'bfloat16' | 'float16' compute, the last with
+  `config.loss_scale`) for ResNets.
   """
   return ml_collections.ConfigDict({
       'name': name,  # A key of `cifar_jax.models.MODELS`.

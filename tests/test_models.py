@@ -137,8 +137,8 @@ def test_unknown_config_field():
 
 
 def test_unknown_dtype():
-  with pytest.raises(UserError, match='bfloat16'):
-    create_model('resnet18', num_classes=10, dtype='float16')
+  with pytest.raises(UserError, match='float16'):
+    create_model('resnet18', num_classes=10, dtype='float64')
 
 
 @pytest.mark.parametrize('name,fields', [

@@ -87,7 +87,7 @@ TINY: dict[str, Callable[..., nn.Module]] = {
     'xception': xception.TinyXception,
 }
 
-_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 
 # Set by create_model's own arguments or by flax itself, so never config fields.
 _NON_CONFIG_FIELDS = frozenset({'num_classes', 'bn_axis_name', 'parent', 'name'})
@@ -117,7 +117,8 @@ def create_model(name: str, *, num_classes: int, bn_axis_name: str | None = None
     num_classes: Number of output logits.
     bn_axis_name: Mesh axis over which BatchNorm averages batch statistics (see the model).
     **kwargs: The family's config fields, e.g. `width` and `dtype` for ResNets. `dtype` is a
-      string, 'float32' or 'bfloat16'.
+      string, 'float32', 'bfloat16' or 'float16' (trained with dynamic loss scaling: see
+      `training/loss_scale.py`).
 
   Returns:
     The unbound flax module.

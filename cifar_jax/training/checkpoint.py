@@ -12,6 +12,7 @@ non-finite numbers) is named in one line; resuming moves it to `WORKDIR/checkpoi
 (nothing is deleted) and falls back to the newest intact one.
 """
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -137,10 +138,14 @@ class Checkpoints:
           'the config describes. Was it written with another config? Resume with that '
           'config, or train this one in a new --workdir.')
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    newer = _fields_newer_than(tree, target)
+    if newer:  # Restored as the saved fields alone, the newer ones keep `target`'s.
+      abstract = {name: value for name, value in vars(abstract).items() if name not in newer}
     try:
-      return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+      restored = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
     except Exception as e:  # noqa: BLE001 (tensorstore raises many kinds for bad files)
       raise Damaged(step, 'unreadable', e) from None
+    return target.replace(**restored) if newer else restored
 
   def restore_latest_intact(self, target):
     """The newest checkpoint that passes its checksums and holds finite numbers, laid out
@@ -323,6 +328,17 @@ def _all_finite(tree) -> jax.Array:
   leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
             if jnp.issubdtype(x.dtype, jnp.inexact)]
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def _fields_newer_than(saved_tree, target) -> list[str]:
+  """The fields of the dataclass `target` (a train state) that checkpoint `saved_tree` lacks
+  because the state gained them after it was written; only fields without arrays in `target`
+  (e.g. `loss_scale` outside float16, {}), since a saved tree that lacks arrays the target has
+  does not match it."""
+  if not (dataclasses.is_dataclass(target) and isinstance(saved_tree, dict)):
+    return []
+  return [f.name for f in dataclasses.fields(target)
+          if f.name not in saved_tree and not jax.tree.leaves(getattr(target, f.name))]
 
 
 def _shapes(tree) -> dict:

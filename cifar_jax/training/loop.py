@@ -72,6 +72,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   metrics_log = workdir_lib.MetricsLog(workdir, enabled=is_main, resume_step=step)
   patience = config.early_stopping.patience if config.early_stopping.enabled else np.inf
   meter = TrainMeter()
+  loss_scaled = setup_lib.loss_scaling(config) is not None  # float16 compute.
   # Wall time carries on across resumes from the last record (the time between
   # that record and an interruption is not counted).
   previous = workdir_lib.read_metrics(workdir)
@@ -108,7 +109,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
       meter.add(totals, seconds)
       progress.update(stop_step - step)
       step = stop_step
-      if show_progress:  # The rate costs a small device computation and copy: only if shown.
+      # The rate costs a small device computation and copy: only if shown. A call whose steps
+      # were all skipped (float16's loss scaling) has no loss to show.
+      if show_progress and totals['count']:
         progress.set_postfix(loss=f'{totals["loss_sum"] / totals["count"]:.3f}',
                              acc=f'{totals["correct"] / totals["count"]:.3f}',
                              lr=f'{learning_rate(run, state, step):.3g}',
@@ -136,7 +139,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
       record = {'step': step, 'epoch': step / steps_per_epoch, 'learning_rate': rate,
                 'plateau_scale': float(state.plateau.scale),
                 'wall_seconds': time.perf_counter() - wall_start,
-                **meter.summary(config.batch_size, with_hem=config.hem.mode != 'off')}
+                **meter.summary(config.batch_size, with_hem=config.hem.mode != 'off',
+                                with_skipped=loss_scaled)}
+      if loss_scaled:
+        record['loss_scale'] = float(state.loss_scale.scale)
       for name, result in results.items():
         record.update({f'{name}_{k}': v for k, v in result.items() if k != 'per_class_accuracy'})
       metrics_log.write(record)
@@ -157,14 +163,24 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
 
 
 def learning_rate(run: setup_lib.Run, state: TrainState, step: int) -> float:
-  """The rate of the last step before `step`: the schedule's times the plateau's scale."""
-  return float(run.schedule(step - 1) * state.plateau.scale)
+  """The rate of the last step before `step`: the schedule's times the plateau's scale.
+
+  The schedule reads the optimiser's step count, which the steps float16's loss scaling
+  skipped did not advance.
+  """
+  skipped = int(state.loss_scale.skipped_steps) if state.loss_scale else 0
+  return float(run.schedule(step - 1 - skipped) * state.plateau.scale)
 
 
 def check_finite(totals: dict, first_step: int, stop_step: int, checkpoints: Checkpoints,
                  state: TrainState | None) -> None:
   """Stops a diverged run before it saves anything, so the last good checkpoint stays: a
-  non-finite loss, or non-finite parameters or optimiser state (`state`, when given)."""
+  non-finite loss, or non-finite parameters or optimiser state (`state`, when given).
+
+  The steps float16's loss scaling skipped add nothing to `totals['loss_sum']`: an overflow
+  the scaler handled does not stop the run (a non-finite step at its floor is applied, and
+  does).
+  """
   if not np.isfinite(totals['loss_sum']):
     what = f'the training loss became {totals["loss_sum"]}'
   elif state is not None and not checkpoint_lib.all_finite(state):

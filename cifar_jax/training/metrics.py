@@ -24,18 +24,26 @@ class TrainMeter:
       self._totals = {k: np.maximum(v, totals[k]) if k.endswith('_max') else v + totals[k]
                       for k, v in self._totals.items()}
 
-  def summary(self, batch_size: int, with_hem: bool) -> dict:
-    """Train loss, accuracy and images/s since the last summary; then starts afresh."""
+  def summary(self, batch_size: int, with_hem: bool, with_skipped: bool = False) -> dict:
+    """Train loss, accuracy and images/s since the last summary (with `with_skipped`, the
+    steps float16's loss scaling skipped); then starts afresh.
+
+    A skipped step adds no examples (`count`): the means are over the steps applied, and
+    they are None when every step of the interval was skipped.
+    """
     t = self._totals
+    count = t['count']
     record = {
-        'train_loss': float(t['loss_sum'] / t['count']),
-        'train_accuracy': float(t['correct'] / t['count']),
+        'train_loss': float(t['loss_sum'] / count) if count else None,
+        'train_accuracy': float(t['correct'] / count) if count else None,
         # None when the interval held only the compiling first call.
-        'images_per_sec': float(t['count'] / self._seconds) if self._seconds else None,
+        'images_per_sec': float(count / self._seconds) if self._seconds else None,
     }
     if with_hem:
-      record['hem_ess'] = float(t['hem_ess_sum'] / (t['count'] / batch_size))
+      record['hem_ess'] = float(t['hem_ess_sum'] / (count / batch_size)) if count else None
       record['hem_weight_max'] = float(t['hem_weight_max'])
+    if with_skipped:
+      record['skipped_steps'] = int(t['skipped_steps'])
     self._totals, self._seconds = None, 0.0
     return record
 

@@ -18,7 +18,7 @@ from cifar_jax.augment import inputs, normalize
 from cifar_jax.data import splits as splits_lib
 from cifar_jax.errors import UserError
 from cifar_jax.sharding import DATA_AXIS
-from cifar_jax.training import evaluation, hem, lookahead, optim, update
+from cifar_jax.training import evaluation, hem, lookahead, loss_scale, optim, update
 from cifar_jax.training import state as state_lib
 from cifar_jax.training import step as step_lib
 
@@ -258,7 +258,8 @@ def compile_init_fn(config, model, optimizer, plateau, image_stats, mesh, num_tr
     state = state_lib.init_train_state(
         seed_key, model=model, optimizer=optimizer, plateau=plateau,
         image_mean=image_stats[0], image_std=image_stats[1], ema=config.ema_decay > 0,
-        lookahead=config.lookahead.every > 0, input_size=config.model.input_size)
+        lookahead=config.lookahead.every > 0, input_size=config.model.input_size,
+        loss_scale=loss_scaling(config))
     if not hasattr(model, 'init_from_data'):
       return state
     # Gathered whole onto every device: the statistics of the first rows, not of each shard.
@@ -282,6 +283,11 @@ def steps_per_call(config, steps_per_epoch: int) -> int:
   return 1 if jax.default_backend() == 'cpu' else min(steps_per_epoch, 100)
 
 
+def loss_scaling(config):
+  """`config.loss_scale` when the model computes in float16 (dynamic loss scaling), else None."""
+  return config.loss_scale if loss_scale.enabled(config.model) else None
+
+
 def train_step_fn(config, model, optimizer, total_steps: int):
   """`step.train_step` with everything but its arrays bound from the config."""
   return functools.partial(
@@ -289,7 +295,7 @@ def train_step_fn(config, model, optimizer, total_steps: int):
       hem_config=config.hem, label_smoothing=config.label_smoothing,
       sam_rho=config.optimizer.sam_rho, ema_decay=config.ema_decay,
       input_size=config.model.input_size, loss_reduction=config.loss_reduction,
-      lookahead=config.lookahead, total_steps=total_steps)
+      lookahead=config.lookahead, total_steps=total_steps, loss_scaling=loss_scaling(config))
 
 
 def compile_train_fn(config, model, optimizer, mesh, num_train: int, steps_per_epoch: int,

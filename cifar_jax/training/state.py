@@ -8,6 +8,7 @@ import optax
 
 from cifar_jax import rng
 from cifar_jax.training import lookahead as lookahead_lib
+from cifar_jax.training import loss_scale as loss_scale_lib
 from cifar_jax.training import optim
 
 
@@ -28,12 +29,18 @@ class TrainState:
   # are normalised with; kept here so evaluation needs no training data.
   image_mean: jax.Array
   image_std: jax.Array
+  # float16 compute: the dynamic loss scale and its counters (`loss_scale.LossScaleState`);
+  # else {}, so the checkpoints of other runs are as they were before it existed.
+  loss_scale: Any
 
 
 def init_train_state(seed_key, model, optimizer, plateau, image_mean, image_std,
                      ema: bool = False, lookahead: bool = False,
-                     input_size: int = 32) -> TrainState:
-  """A fresh train state (pure; jit it with output shardings to create it on the mesh)."""
+                     input_size: int = 32, loss_scale=None) -> TrainState:
+  """A fresh train state (pure; jit it with output shardings to create it on the mesh).
+
+  `loss_scale`: `config.loss_scale` for float16 compute, else None.
+  """
   variables = model.init(rng.stream(seed_key, 'init'),
                          jnp.zeros((1, input_size, input_size, 3)), train=False)
   params = variables['params']
@@ -46,4 +53,5 @@ def init_train_state(seed_key, model, optimizer, plateau, image_mean, image_std,
       plateau=plateau.init(jnp.zeros((), jnp.float32)),
       early_stopping=optim.EarlyStoppingState.create(), rng=rng.stream(seed_key, 'run'),
       image_mean=jnp.asarray(image_mean, jnp.float32),
-      image_std=jnp.asarray(image_std, jnp.float32))
+      image_std=jnp.asarray(image_std, jnp.float32),
+      loss_scale=loss_scale_lib.init(loss_scale) if loss_scale is not None else {})

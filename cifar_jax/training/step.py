@@ -55,7 +55,7 @@ def batch_indices(permutation, step, *, batch_size: int, steps_per_epoch: int):
 def train_step(state, images, labels, step_key, example_ids, epoch, *, model, optimizer,
                augment_config, hem_config, label_smoothing: float = 0.0, sam_rho: float = 0.0,
                ema_decay: float = 0.0, input_size: int = 32, loss_reduction: str = 'mean',
-               lookahead=None, total_steps: int = 0):
+               lookahead=None, total_steps: int = 0, loss_scaling=None):
   """One train step on this device's share of a global batch: the input half, then the update.
 
   `example_ids` are the training rows of this share and `epoch` the step's epoch. Returns the
@@ -68,7 +68,8 @@ def train_step(state, images, labels, step_key, example_ids, epoch, *, model, op
   return update_lib.update(state, inputs, targets, labels, step_key, model=model,
                            optimizer=optimizer, hem_config=hem_config, sam_rho=sam_rho,
                            ema_decay=ema_decay, loss_reduction=loss_reduction,
-                           lookahead=lookahead, total_steps=total_steps)
+                           lookahead=lookahead, total_steps=total_steps,
+                           loss_scaling=loss_scaling)
 
 
 def train_steps(state, images, labels, stop_step, *, num_train: int,
@@ -104,7 +105,8 @@ def train_steps(state, images, labels, stop_step, *, num_train: int,
               for k, v in step_metrics.items()}
     return state, totals
 
-  zeros = {'loss_sum': 0.0, 'correct': 0, 'count': 0, 'hem_ess_sum': 0.0, 'hem_weight_max': 0.0}
+  zeros = {'loss_sum': 0.0, 'correct': 0, 'count': 0, 'hem_ess_sum': 0.0, 'hem_weight_max': 0.0,
+           'skipped_steps': 0}
   zeros = jax.tree.map(jnp.asarray, zeros)
   if not device_loop:
     return body((state, zeros))

@@ -1,8 +1,9 @@
 """The update half of the train step: inputs and targets -> a new train state (per-device code).
 
 The loss with hard-example weights, the gradient of the global batch, SAM's second pass, the
-optimiser (with the plateau's scale) and the weight EMA. New update rules belong in the
-optimiser (`optim.py`, as optax transforms), which this half applies whatever it is.
+optimiser (with the plateau's scale) and the weight EMA; with float16 compute, dynamic loss
+scaling (`loss_scale.py`). New update rules belong in the optimiser (`optim.py`, as optax
+transforms), which this half applies whatever it is.
 """
 import jax
 import jax.numpy as jnp
@@ -14,15 +15,17 @@ from cifar_jax.errors import UserError, check_choice
 from cifar_jax.sharding import DATA_AXIS
 from cifar_jax.training import hem
 from cifar_jax.training import lookahead as lookahead_lib
+from cifar_jax.training import loss_scale as loss_scale_lib
 
 LOSS_REDUCTIONS = ('mean', 'sum')
 
 
 def check_config(config) -> None:
-  """Raises a UserError for a loss reduction, EMA decay, SAM radius or lookahead the update
-  cannot use."""
+  """Raises a UserError for a loss reduction, EMA decay, SAM radius, lookahead or loss scaling
+  the update cannot use."""
   check_choice('config.loss_reduction', config.loss_reduction, LOSS_REDUCTIONS)
   lookahead_lib.check_config(config.lookahead)
+  loss_scale_lib.check_config(config.loss_scale)
   if not 0 <= config.ema_decay < 1:
     raise UserError(f'config.ema_decay must be in [0, 1) (0 is off), got {config.ema_decay}.')
   if config.optimizer.sam_rho < 0:
@@ -32,7 +35,7 @@ def check_config(config) -> None:
 
 def update(state, inputs, targets, labels, step_key, *, model, optimizer, hem_config,
            sam_rho: float = 0.0, ema_decay: float = 0.0, loss_reduction: str = 'mean',
-           lookahead=None, total_steps: int = 0):
+           lookahead=None, total_steps: int = 0, loss_scaling=None):
   """One optimiser step on this device's share of a global batch.
 
   Args:
@@ -48,6 +51,8 @@ def update(state, inputs, targets, labels, step_key, *, model, optimizer, hem_co
     lookahead: `config.lookahead` (None or `every` 0 is off).
     total_steps: The run's length in steps, which lookahead's decay grows towards and
       `hem_config.start_fraction` is a share of.
+    loss_scaling: `config.loss_scale` for float16 compute (`state.loss_scale` then holds the
+      scaler), or None: no scaling.
 
   Returns:
     The new state and this step's metrics, summed over the global batch.
@@ -56,7 +61,12 @@ def update(state, inputs, targets, labels, step_key, *, model, optimizer, hem_co
   dropout_key = jax.random.fold_in(rng.stream(step_key, 'dropout'), lax.axis_index(DATA_AXIS))
   # The gradient below is of this device's mean loss, averaged over devices: the global mean.
   # A summed loss is that times the global batch size.
-  loss_scale = labels.shape[0] * lax.axis_size(DATA_AXIS) if loss_reduction == 'sum' else 1
+  reduction_factor = labels.shape[0] * lax.axis_size(DATA_AXIS) if loss_reduction == 'sum' else 1
+  # float16: each device's loss is multiplied by the dynamic scale over the number of devices,
+  # so each example's share of the backward pass, and with it where float16 overflows, is the
+  # same however many devices share the batch.
+  gradient_factor = (state.loss_scale.scale / lax.axis_size(DATA_AXIS)
+                     if loss_scaling is not None else None)
 
   def loss_fn(params):
     logits, new_variables = model.apply(
@@ -68,7 +78,10 @@ def update(state, inputs, targets, labels, step_key, *, model, optimizer, hem_co
         temperature=hem_config.temperature, axis_name=DATA_AXIS,
         active=state.step >= round(hem_config.start_fraction * total_steps))
     batch_stats = new_variables.get('batch_stats', {})
-    return loss_scale * jnp.mean(weights * losses), (logits, losses, batch_stats, hem_stats)
+    loss = reduction_factor * jnp.mean(weights * losses)
+    if gradient_factor is not None:
+      loss = loss * gradient_factor
+    return loss, (logits, losses, batch_stats, hem_stats)
 
   def global_grads(params):
     # The parameters are replicated (invariant over the data axis), and the
@@ -78,7 +91,10 @@ def update(state, inputs, targets, labels, step_key, *, model, optimizer, hem_co
     # their mean is the gradient of the global batch's mean loss.
     local_params = lax.pcast(params, DATA_AXIS, to='varying')
     grads, aux = jax.grad(loss_fn, has_aux=True)(local_params)
-    return lax.pmean(grads, DATA_AXIS), aux
+    grads = lax.pmean(grads, DATA_AXIS)
+    if gradient_factor is not None:
+      grads = jax.tree.map(lambda g: g / gradient_factor, grads)
+    return grads, aux
 
   grads, (logits, losses, batch_stats, hem_stats) = global_grads(state.params)
   if sam_rho:
@@ -107,5 +123,24 @@ def update(state, inputs, targets, labels, step_key, *, model, optimizer, hem_co
       'count': lax.psum(labels.shape[0], DATA_AXIS),
       'hem_ess_sum': hem_stats['hem_ess'],
       'hem_weight_max': hem_stats['hem_weight_max'],
+      'skipped_steps': jnp.int32(0),
   }
+  if loss_scaling is not None:
+    new_state, step_metrics = skip_if_overflowed(state, new_state, step_metrics, grads, losses,
+                                                 loss_scaling)
   return new_state, step_metrics
+
+
+def skip_if_overflowed(state, new_state, step_metrics: dict, grads, losses, loss_scaling):
+  """`new_state` with the scaler updated, or, when a gradient or loss overflowed on any device,
+  `state` with only the step and the scaler moved on. A skipped step adds nothing to the train
+  metrics but `skipped_steps`: its examples were not trained on."""
+  finite = loss_scale_lib.all_finite_on_every_device(grads, losses)
+  scaler, skip = loss_scale_lib.update(
+      state.loss_scale, finite, growth_interval=loss_scaling.growth_interval,
+      factor=loss_scaling.factor, minimum=loss_scaling.min)
+  kept = state.replace(step=new_state.step)
+  new_state = jax.tree.map(lambda old, new: jnp.where(skip, old, new), kept, new_state)
+  step_metrics = jax.tree.map(lambda v: jnp.where(skip, jnp.zeros_like(v), v), step_metrics)
+  return (new_state.replace(loss_scale=scaler),
+          {**step_metrics, 'skipped_steps': skip.astype(jnp.int32)})
