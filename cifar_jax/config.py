@@ -79,6 +79,11 @@ def base_config() -> ml_collections.ConfigDict:
   # a whole epoch but at most 100 steps on GPU/TPU, and 1 on CPU, where XLA
   # runs convolutions inside device loops far slower than outside them.
   c.steps_per_call = 0
+  # (first, last): a jax.profiler trace of train steps first to last (counted from 1, as
+  # metrics.jsonl's `step`; inclusive) in WORKDIR/profile/. Whole compiled calls are traced,
+  # so with several steps per call the trace covers every call that takes any of them; the
+  # run's first call includes compilation. () is off.
+  c.profile_steps = ()
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = 'sgd'  # 'sgd' | 'adamw'.

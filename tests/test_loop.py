@@ -177,6 +177,7 @@ def test_workdir_outputs(tmp_path):
   assert any(name.startswith('events.out.tfevents') for name in
              os.listdir(tmp_path / 'tensorboard'))
   assert Checkpoints(str(tmp_path), read_only=True).all_steps() == [8]
+  assert not (tmp_path / 'profile').exists()  # config.profile_steps is off.
 
 
 def test_plateau_lowers_the_rate_and_early_stopping_ends_the_run(tmp_path):

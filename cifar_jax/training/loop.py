@@ -19,7 +19,7 @@ from cifar_jax import sharding
 from cifar_jax import workdir as workdir_lib
 from cifar_jax.errors import Preempted, UserError
 from cifar_jax.training import checkpoint as checkpoint_lib
-from cifar_jax.training import evaluation, multihost, optim
+from cifar_jax.training import evaluation, multihost, optim, profiling
 from cifar_jax.training import setup as setup_lib
 from cifar_jax.training.checkpoint import Checkpoints
 from cifar_jax.training.metrics import TrainMeter
@@ -81,6 +81,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   show_progress = is_main and sys.stderr.isatty()
   progress, preempted = None, False
   preemption = multihost.PreemptionWatch(run.mesh)
+  profiler = profiling.StepProfiler(workdir, config.profile_steps)  # Every process, its host.
   preemption.start()
   try:
     while step < run.total_steps:
@@ -100,11 +101,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
                              desc=f'epoch {step // steps_per_epoch + 1}', unit='step',
                              disable=not show_progress)
       stop_step = run.next_stop(step)  # At the next evaluation at the latest, within the epoch.
+      profiler.before(step, stop_step)
       start_time = time.perf_counter()
       state, totals = run.train_fn(state, splits.train_images, splits.train_labels,
                                    jnp.asarray(stop_step, jnp.int32))
       totals = jax.device_get(totals)  # Waits for the call: a few scalars, once per call.
       seconds = time.perf_counter() - start_time
+      profiler.after(stop_step, state)
       check_finite(totals, step, stop_step, checkpoints, state)
       meter.add(totals, seconds)
       progress.update(stop_step - step)
@@ -150,6 +153,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
           f'{k}={v:.4g}' for k, v in record.items() if isinstance(v, float)))
       checkpoints.save(state, score=-monitored)
   finally:
+    profiler.close()
     preemption.stop()
     if progress is not None:
       progress.close()

@@ -18,7 +18,7 @@ from cifar_jax.augment import inputs, normalize
 from cifar_jax.data import splits as splits_lib
 from cifar_jax.errors import UserError
 from cifar_jax.sharding import DATA_AXIS
-from cifar_jax.training import evaluation, hem, lookahead, loss_scale, optim, update
+from cifar_jax.training import evaluation, hem, lookahead, loss_scale, optim, profiling, update
 from cifar_jax.training import state as state_lib
 from cifar_jax.training import step as step_lib
 
@@ -167,6 +167,7 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
   update.check_config(config)
   hem.check_config(config.hem)
   optim.check_config(config)
+  profiling.check_config(config.profile_steps)
   check_memory(config, num_devices)
 
 
