@@ -43,6 +43,18 @@ def gather_batch(images, labels, indices):
           lax.psum_scatter(picked_labels, DATA_AXIS, scatter_dimension=0, tiled=True))
 
 
+def epoch_permutation(run_key, epoch, num_train: int):
+  """The order of the training rows in epoch `epoch`: a permutation drawn from the run's key."""
+  return jax.random.permutation(
+      jax.random.fold_in(rng.stream(run_key, 'data_order'), epoch), num_train)
+
+
+def key_for_step(run_key, step):
+  """The key of train step `step`: the run's 'steps' stream with the step number folded in, so a
+  resumed run draws what an uninterrupted one does."""
+  return jax.random.fold_in(rng.stream(run_key, 'steps'), step)
+
+
 def batch_indices(permutation, step, *, batch_size: int, steps_per_epoch: int):
   """Global row numbers of the batch of train step `step`: its slice of the epoch's permutation.
 
@@ -86,9 +98,7 @@ def train_steps(state, images, labels, stop_step, *, num_train: int,
   slower than outside (jax-ml/jax#12868), so CPU runs take one step per call.
   """
   epoch = state.step // steps_per_epoch
-  permutation = jax.random.permutation(
-      jax.random.fold_in(rng.stream(state.rng, 'data_order'), epoch), num_train)
-  steps_key = rng.stream(state.rng, 'steps')
+  permutation = epoch_permutation(state.rng, epoch, num_train)
   local_batch_size = batch_size // lax.axis_size(DATA_AXIS)
 
   def body(carry):
@@ -100,7 +110,7 @@ def train_steps(state, images, labels, stop_step, *, num_train: int,
     example_ids = lax.dynamic_slice(indices, (lax.axis_index(DATA_AXIS) * local_batch_size,),
                                     (local_batch_size,))
     state, step_metrics = step_fn(state, batch_images, batch_labels,
-                                  jax.random.fold_in(steps_key, state.step), example_ids, epoch)
+                                  key_for_step(state.rng, state.step), example_ids, epoch)
     totals = {k: (jnp.maximum if k.endswith('_max') else jnp.add)(totals[k], v)
               for k, v in step_metrics.items()}
     return state, totals
