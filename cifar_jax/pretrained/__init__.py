@@ -12,6 +12,10 @@ Supported (`config.model.init_from`):
   - VGGs: torchvision's and timm's `vgg*_bn` state dicts (`vgg*` without BatchNorm) as
     `.safetensors` or `.pth`; Keras' VGG16/VGG19 weights into a model with `batch_norm=False`.
     The file's classifier (three Dense layers for ImageNet) is left out.
+  - EfficientNet-B0 and EfficientNetV2-B0: Keras applications' weights, and timm's state dicts
+    (`tf_efficientnet_b0`, `efficientnet_b0`, `tf_efficientnetv2_b0`) as `.safetensors` or
+    `.pth`. The model's `padding` and `bn_epsilon` must be those the weights were trained with
+    (see `pretrained.efficientnet`); Keras' input normalisation layer is left out.
 
 Keras files are read in each layout Keras writes: the legacy `.h5` (the keras.applications
 downloads, Keras 2's `save_weights`), Keras 3's `.weights.h5` and its `.keras` archives. Keras'
@@ -32,7 +36,7 @@ import numpy as np
 
 from cifar_jax import models
 from cifar_jax.errors import UserError
-from cifar_jax.pretrained import formats, resnet, vgg, vit
+from cifar_jax.pretrained import efficientnet, formats, resnet, vgg, vit
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +62,7 @@ def load(path: str, model, params, batch_stats) -> tuple[dict, dict, list[str]]:
       whose variables do not match the model's.
   """
   format_name, arrays = formats.read(path)
-  name_of, value_of, ignorable = _layout(model, format_name, path)
+  name_of, value_of, ignorable = _layout(model, format_name, path, arrays)
   template = flax.traverse_util.flatten_dict({'params': params, 'batch_stats': batch_stats})
   loaded, notes, used = {}, [], set()
   for var_path, fresh in template.items():
@@ -105,8 +109,8 @@ def load(path: str, model, params, batch_stats) -> tuple[dict, dict, list[str]]:
   return tree['params'], tree.get('batch_stats', {}), notes
 
 
-def _layout(model, format_name: str, path: str):
-  """(name_of, value_of, ignorable) for reading `format_name` into `model`."""
+def _layout(model, format_name: str, path: str, arrays: dict):
+  """(name_of, value_of, ignorable) for reading `format_name` (`arrays`) into `model`."""
   if isinstance(model, models.vit.VisionTransformer):
     if format_name != 'ViT .npz':
       raise UserError(f'{path}: ViT models load .npz checkpoints of the ViT releases, not '
@@ -136,8 +140,33 @@ def _layout(model, format_name: str, path: str):
               lambda name, _: vgg.is_keras_classifier(name))
     raise UserError(f'{path}: VGGs load torchvision or timm (.safetensors, .pth) or Keras (.h5, '
                     f'.keras) weights, not {format_name} files.')
-  raise UserError(f'pretrained weights load into ViT, ResNet and VGG models, not '
+  if isinstance(model, (models.efficientnet.EfficientNet,
+                        models.efficientnet_v2.EfficientNetV2)):
+    return _efficientnet_layout(model, format_name, path, arrays)
+  raise UserError(f'pretrained weights load into ViT, ResNet, VGG and EfficientNet models, not '
                   f'{type(model).__name__}.')
+
+
+def _efficientnet_layout(model, format_name: str, path: str, arrays: dict):
+  """Keras' files (TensorFlow's padding and epsilon, always) or timm's (either)."""
+  family = type(model).__name__
+  if format_name in formats.KERAS:
+    if (model.padding, model.bn_epsilon) != ('same', 1e-3):
+      raise UserError(f'{path}: Keras\' {family} weights were trained with TensorFlow\'s padding '
+                      'and BatchNorm epsilon 1e-3: set config.model.padding=\'same\' and '
+                      f'config.model.bn_epsilon=0.001 (not {model.padding!r} and '
+                      f'{model.bn_epsilon}).')
+    return (lambda var_path: efficientnet.keras_name(model, var_path, arrays),
+            _shape_free(efficientnet.keras_value),
+            lambda name, _: efficientnet.is_keras_normalization(name))
+  if format_name in ('safetensors', 'PyTorch'):
+    # The file does not say whether it is a tf_ port or timm's own: padding and epsilon are the
+    # config's (see `pretrained.efficientnet`).
+    return (lambda var_path: efficientnet.timm_name(model, var_path),
+            _shape_free(resnet.torchvision_value),
+            lambda name, _: resnet.is_batch_norm_counter(name))
+  raise UserError(f'{path}: {family} loads Keras (.h5, .keras) or timm (.safetensors, .pth) '
+                  f'weights, not {format_name} files.')
 
 
 def _shape_free(value_of):
