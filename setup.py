@@ -35,5 +35,7 @@ setuptools.setup(
         # Only needed to *build* the tfds copy of CIFAR (`tfds build`); reading it
         # back with `tfds.data_source` needs no TensorFlow.
         "tfds-build": ["tensorflow-cpu"],
+        # Logging to Weights & Biases (config.logging.wandb_project); imported only then.
+        "wandb": ["wandb>=0.31.0"],
     },
 )

@@ -193,6 +193,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.keep_latest = 2  # The best checkpoint is kept besides these.
 
+  # Weights & Biases, optional (`pip install -e ".[wandb]"`): the scalars of metrics.jsonl and,
+  # when training ends, the report's figures, in a W&B run that a resumed run continues (its
+  # id is kept in WORKDIR/wandb_id). Process 0 alone logs.
+  c.logging = ml_collections.ConfigDict()
+  c.logging.wandb_project = ''  # '' is off.
+  c.logging.wandb_entity = ''  # The W&B user or team; '' is your default one.
+  # 'online' | 'offline' (upload later: `wandb sync WORKDIR/wandb/offline-run-*`) | 'disabled';
+  # '' leaves it to W&B ($WANDB_MODE, else online).
+  c.logging.wandb_mode = ''
+
   c.lock()
   return c
 

@@ -37,7 +37,7 @@ from ml_collections import config_flags  # noqa: E402
 
 from cifar_jax import cli  # noqa: E402
 from cifar_jax.results import report  # noqa: E402
-from cifar_jax.training import loop, multihost  # noqa: E402
+from cifar_jax.training import loop, multihost, wandb_log  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (a get_config() module).',
                                           lock_config=True)
@@ -56,10 +56,14 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def train_and_report(config, workdir: str, write_report: bool) -> None:
   multihost.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                        auto=_MULTIHOST.value)
-  loop.train_and_evaluate(config, workdir)
-  # A multi-process job's report needs every process: run cifar_jax.report after it instead.
-  if write_report and jax.process_count() == 1:
-    print(report.create(workdir, 'best', config)[0])
+  # One W&B run (when config.logging asks for one) for the scalars and the report's figures.
+  with wandb_log.WandbLog(config, workdir, enabled=multihost.is_main_process()) as wandb_run:
+    state = loop.train_and_evaluate(config, workdir, wandb_run)
+    # A multi-process job's report needs every process: run cifar_jax.report after it instead.
+    if write_report and jax.process_count() == 1:
+      path = report.create(workdir, 'best', config)[0]
+      print(path)
+      wandb_run.log_figures(os.path.dirname(path), int(state.step))
 
 
 def main(argv):

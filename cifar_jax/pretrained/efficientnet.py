@@ -100,11 +100,12 @@ def keras_value(path: tuple[str, ...], array: np.ndarray) -> np.ndarray:
 def is_keras_normalization(name: str) -> bool:
   """The variables of the `Normalization` layer at the input of Keras' EfficientNet.
 
-  Keras' EfficientNet takes [0, 255] images and normalises them itself with ImageNet's
-  statistics (in `efficientnetb0*.h5` the layer holds ImageNet's mean and, for the standard
-  deviation's square, the standard deviation itself, which Keras then divides by its square
-  root; the result is (x / 255 - mean) / std). Here the input pipeline normalises instead
-  (`config.model.normalization='imagenet'` is the same map), so these weights are left out.
+  Keras' EfficientNet takes [0, 255] images and normalises them itself: with ImageNet weights it
+  computes (x / 255 - mean) / std with ImageNet's mean and standard deviation (this layer, then
+  a `Rescaling` that Keras adds to correct the variance the released files hold: TensorFlow
+  issue 49930, cited in keras.applications' efficientnet.py). Here the input pipeline
+  normalises instead (`config.model.normalization='imagenet'` is the same map), so these
+  weights are left out.
   """
   return bool(_KERAS_NORMALIZATION.fullmatch(name))
 

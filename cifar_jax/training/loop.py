@@ -19,7 +19,7 @@ from cifar_jax import sharding
 from cifar_jax import workdir as workdir_lib
 from cifar_jax.errors import Preempted, UserError
 from cifar_jax.training import checkpoint as checkpoint_lib
-from cifar_jax.training import evaluation, multihost, optim, profiling
+from cifar_jax.training import evaluation, multihost, optim, profiling, wandb_log
 from cifar_jax.training import setup as setup_lib
 from cifar_jax.training.checkpoint import Checkpoints
 from cifar_jax.training.metrics import TrainMeter
@@ -28,8 +28,12 @@ from cifar_jax.training.state import TrainState
 log = logging.getLogger(__name__)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       wandb_run: wandb_log.WandbLog | None = None) -> TrainState:
   """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the final state.
+
+  The scalars go to W&B too when `config.logging.wandb_project` is set: to `wandb_run` when
+  given (the caller finishes it, after logging more), else to a W&B run that ends with training.
 
   Raises:
     errors.Preempted: after saving, when SIGTERM reached any process.
@@ -38,10 +42,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   """
   os.makedirs(workdir, exist_ok=True)
   with workdir_lib.locked(workdir, enabled=multihost.is_main_process()):
-    return _train(config, workdir)
+    if wandb_run is None:
+      with wandb_log.WandbLog(config, workdir, enabled=multihost.is_main_process()) as wandb_run:
+        return _train(config, workdir, wandb_run)
+    return _train(config, workdir, wandb_run)
 
 
-def _train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+def _train(config: ml_collections.ConfigDict, workdir: str,
+           wandb_run: wandb_log.WandbLog) -> TrainState:
   # 1. The run: config checked, data on the mesh, model, optimiser, compiled functions. With
   # several processes, process 0 alone writes the run's files; all of them write the
   # checkpoints, together.
@@ -50,6 +58,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   if is_main:
     workdir_lib.save_config(config, workdir)
     workdir_lib.save_classes(run.classes, workdir)
+  wandb_run.start()  # With the workdir locked: a second run on it never reaches here.
 
   # 2. The state. The resume order: build a fresh state (its structure and shardings), fill
   # in pretrained weights when a new run starts from them, then overwrite it from the latest
@@ -149,6 +158,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
       for name, result in results.items():
         record.update({f'{name}_{k}': v for k, v in result.items() if k != 'per_class_accuracy'})
       metrics_log.write(record)
+      wandb_run.log(record)
       log.info('step %d: %s', step, ', '.join(
           f'{k}={v:.4g}' for k, v in record.items() if isinstance(v, float)))
       checkpoints.save(state, score=-monitored)

@@ -18,7 +18,16 @@ from cifar_jax.augment import inputs, normalize
 from cifar_jax.data import splits as splits_lib
 from cifar_jax.errors import UserError
 from cifar_jax.sharding import DATA_AXIS
-from cifar_jax.training import evaluation, hem, lookahead, loss_scale, optim, profiling, update
+from cifar_jax.training import (
+    evaluation,
+    hem,
+    lookahead,
+    loss_scale,
+    optim,
+    profiling,
+    update,
+    wandb_log,
+)
 from cifar_jax.training import state as state_lib
 from cifar_jax.training import step as step_lib
 
@@ -161,6 +170,7 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
                       f'{num_devices} devices; pick a multiple of {num_devices}.')
   if not 0 <= config.seed < 2**63:  # What NumPy's and JAX's generators take.
     raise UserError(f'config.seed must be an integer in [0, 2**63), got {config.seed}.')
+  wandb_log.check_config(config.logging)
   models.check_config(config.model)
   normalize.check_normalization(config.model.normalization)
   inputs.check_config(config.augment, config.label_smoothing)
