@@ -31,7 +31,9 @@ setuptools.setup(
     extras_require={
         # pytest-xdist: the suite runs on two workers (`-n 2`); most of its time is
         # single-threaded XLA compilation.
-        "test": ["pytest>=8", "pytest-xdist>=3.6", "ruff==0.14.0"],
+        # nbclient and ipykernel: a test runs notebooks/quickstart.ipynb.
+        "test": ["pytest>=8", "pytest-xdist>=3.6", "ruff==0.14.0", "nbclient>=0.10",
+                 "nbformat>=5.10", "ipykernel>=6.29"],
         # Only needed to *build* the tfds copy of CIFAR (`tfds build`); reading it
         # back with `tfds.data_source` needs no TensorFlow.
         "tfds-build": ["tensorflow-cpu"],

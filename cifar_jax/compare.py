@@ -26,14 +26,20 @@ from cifar_jax import workdir as workdir_lib
 from cifar_jax.errors import UserError
 from cifar_jax.results import plots
 
-_OUT = flags.DEFINE_string('out', 'compare', 'Folder for runs.md, runs.csv and accuracy.png.')
-_GROUP_BY = flags.DEFINE_string(
-    'group_by', '', 'A config field, e.g. hem.mode: also tabulate the runs grouped by its value '
-    '(groups.md, groups.csv).')
-_PAIR_BY = flags.DEFINE_string('pair_by', 'seed', 'The config field that pairs runs of '
-                               'different groups for the differences (with --group_by).')
-_BASELINE = flags.DEFINE_string('baseline', '', 'The group the others are compared with '
-                                '(with --group_by); default: the first group named.')
+
+def define_flags():
+  """Defines this command's flags: when it runs, so that its functions import anywhere (a
+  notebook may use several commands' functions, whose flags share names)."""
+  global _OUT, _GROUP_BY, _PAIR_BY, _BASELINE
+  _OUT = flags.DEFINE_string('out', 'compare', 'Folder for runs.md, runs.csv and accuracy.png.')
+  _GROUP_BY = flags.DEFINE_string(
+      'group_by', '', 'A config field, e.g. hem.mode: also tabulate the runs grouped by its value '
+      '(groups.md, groups.csv).')
+  _PAIR_BY = flags.DEFINE_string('pair_by', 'seed', 'The config field that pairs runs of '
+                                 'different groups for the differences (with --group_by).')
+  _BASELINE = flags.DEFINE_string('baseline', '', 'The group the others are compared with '
+                                  '(with --group_by); default: the first group named.')
+
 
 COLUMNS = ('run', 'model', 'dataset', 'source', 'parameters', 'epochs', 'status', 'wall_time',
            'images_per_sec', 'best_test_accuracy', 'final_test_accuracy',
@@ -227,4 +233,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main, flags_parser=cli.flags_parser())

@@ -15,8 +15,13 @@ from absl import app, flags
 from cifar_jax import cli
 from cifar_jax.results import report
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'A workdir written by cifar_jax.main.')
-_CHECKPOINT = flags.DEFINE_string('checkpoint', 'best', "'best', 'latest' or a step number.")
+
+def define_flags():
+  """Defines this command's flags: when it runs, so that its functions import anywhere (a
+  notebook may use several commands' functions, whose flags share names)."""
+  global _WORKDIR, _CHECKPOINT
+  _WORKDIR = flags.DEFINE_string('workdir', None, 'A workdir written by cifar_jax.main.')
+  _CHECKPOINT = flags.DEFINE_string('checkpoint', 'best', "'best', 'latest' or a step number.")
 
 
 def evaluate(config, workdir: str, which: str = 'best') -> dict:
@@ -42,4 +47,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main, flags_parser=cli.flags_parser(cli.workdir_config_flag(_WORKDIR)))

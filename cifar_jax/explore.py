@@ -37,11 +37,17 @@ from cifar_jax.results import data_figures
 from cifar_jax.sharding import DATA_AXIS
 from cifar_jax.training import step as step_lib
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (a get_config() module).',
-                                          lock_config=True)
-_OUT = flags.DEFINE_string('out', 'explore', 'Folder for the figures and JSON files.')
-_STEP = flags.DEFINE_integer('step', 0, 'The train step whose batch augmented_batch.png shows.')
-flags.mark_flags_as_required(['config'])
+
+def define_flags():
+  """Defines this command's flags: when it runs, so that its functions import anywhere (a
+  notebook may use several commands' functions, whose flags share names)."""
+  global _CONFIG, _OUT, _STEP
+  _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (a get_config() module).',
+                                            lock_config=True)
+  _OUT = flags.DEFINE_string('out', 'explore', 'Folder for the figures and JSON files.')
+  _STEP = flags.DEFINE_integer('step', 0, 'The train step whose batch augmented_batch.png shows.')
+  flags.mark_flags_as_required(['config'])
+
 
 SAMPLES_PER_CLASS = 8
 BATCH_SHOWN = 32
@@ -232,4 +238,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main, flags_parser=cli.flags_parser())

@@ -27,10 +27,15 @@ from cifar_jax.data.images import read_image
 from cifar_jax.errors import UserError
 from cifar_jax.results import restore
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'A workdir written by cifar_jax.main.')
-_CHECKPOINT = flags.DEFINE_string('checkpoint', 'best', "'best', 'latest' or a step number.")
-_TOP_K = flags.DEFINE_integer('top_k', 3, 'Classes to print per image, most probable first.')
-_JSON = flags.DEFINE_bool('json', False, 'One JSON object per image instead of text.')
+
+def define_flags():
+  """Defines this command's flags: when it runs, so that its functions import anywhere (a
+  notebook may use several commands' functions, whose flags share names)."""
+  global _WORKDIR, _CHECKPOINT, _TOP_K, _JSON
+  _WORKDIR = flags.DEFINE_string('workdir', None, 'A workdir written by cifar_jax.main.')
+  _CHECKPOINT = flags.DEFINE_string('checkpoint', 'best', "'best', 'latest' or a step number.")
+  _TOP_K = flags.DEFINE_integer('top_k', 3, 'Classes to print per image, most probable first.')
+  _JSON = flags.DEFINE_bool('json', False, 'One JSON object per image instead of text.')
 
 
 def expand(paths: list[str]) -> tuple[list[str], dict[str, str]]:
@@ -96,5 +101,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   flags.mark_flag_as_required('workdir')
   app.run(main, flags_parser=cli.flags_parser())

@@ -13,9 +13,14 @@ from absl import app, flags
 from cifar_jax import cli
 from cifar_jax.results import report
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'A workdir written by cifar_jax.main.')
-_CHECKPOINT = flags.DEFINE_string('checkpoint', 'best', "'best', 'latest' or a step number.")
-_OUT = flags.DEFINE_string('out', '', 'Folder for the report; default WORKDIR/report.')
+
+def define_flags():
+  """Defines this command's flags: when it runs, so that its functions import anywhere (a
+  notebook may use several commands' functions, whose flags share names)."""
+  global _WORKDIR, _CHECKPOINT, _OUT
+  _WORKDIR = flags.DEFINE_string('workdir', None, 'A workdir written by cifar_jax.main.')
+  _CHECKPOINT = flags.DEFINE_string('checkpoint', 'best', "'best', 'latest' or a step number.")
+  _OUT = flags.DEFINE_string('out', '', 'Folder for the report; default WORKDIR/report.')
 
 
 def main(argv):
@@ -27,4 +32,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main, flags_parser=cli.flags_parser(cli.workdir_config_flag(_WORKDIR)))
