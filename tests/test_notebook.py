@@ -1,4 +1,4 @@
-"""notebooks/quickstart.ipynb runs top to bottom (tiny network, synthetic data), as a user runs it."""
+"""notebooks/quickstart.ipynb runs top to bottom (tiny network, synthetic data), as users run it."""
 import json
 import os
 
