@@ -132,7 +132,7 @@ BAD_CONFIGS = {
                                  'early_stopping.patience': -1}, None,
                                 'config.early_stopping.patience must be >= 0'),
     'momentum': ({'optimizer.momentum': 1.5}, None, r'config.optimizer.momentum must be in \[0'),
-    'dtype': ({'model.dtype': 'float16'}, None, "config.model.dtype='float16' is not one of"),
+    'dtype': ({'model.dtype': 'float64'}, None, "config.model.dtype='float64' is not one of"),
     'eval_batch_in_memory': ({'eval_batch_size': 10**8}, None,
                              'config.eval_batch_size=100000000 cannot fit in memory'),
 }
