@@ -70,6 +70,11 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   cli.run_reporting_user_errors(train_and_report, _CONFIG.value, _WORKDIR.value, _REPORT.value)
+  # The work is done and saved. While Python shuts down (half a second with JAX's threads) it
+  # gives SIGINT and SIGTERM their default action back, and a signal arriving then killed a
+  # finished run with a signal's status. Ignored, it cannot: the process exits 0.
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+  signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 if __name__ == '__main__':

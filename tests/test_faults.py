@@ -240,6 +240,25 @@ def test_interrupts_at_every_moment_exit_cleanly_and_the_relaunch_ends_as_uninte
   assert_trees_close(jax.device_get(state), trained[1], rtol=1e-5, atol=1e-6)
 
 
+def test_a_finished_run_ignores_a_signal_while_python_shuts_down(trained, tmp_path):
+  # Python gives SIGINT and SIGTERM their default action back while it shuts down (half a
+  # second here), so a signal then killed a finished run with status -15. main leaves them
+  # ignored once the work is saved; the shut-down's own handlers are what this reads.
+  workdir = copy_of(trained, tmp_path)  # Finished: the relaunch has nothing left to do.
+  flags = ['--config=configs/smoke.py', *_flat_flags(tiny_config()), f'--workdir={workdir}',
+           '--noreport']
+  after = ('import runpy, signal\n'
+           'try:\n'
+           "  runpy.run_module('cifar_jax.main', run_name='__main__', alter_sys=True)\n"
+           'finally:\n'
+           '  print(signal.getsignal(signal.SIGINT) == signal.getsignal(signal.SIGTERM)'
+           ' == signal.SIG_IGN)')
+  result = subprocess.run([sys.executable, '-c', after, *flags], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.strip() == 'True'
+
+
 def test_a_full_disk_during_a_save_is_one_line_and_the_relaunch_resumes(trained, tmp_path):
   # Files may not grow past the largest file of the run outside its checkpoints: the first
   # save fails as on a full disk ("File too large" here), the rest is written.
