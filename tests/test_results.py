@@ -17,8 +17,9 @@ from conftest import REPO, tiny_config, write_official_cifar100
 from conftest import run_command as run
 from PIL import Image
 
-from cifar_jax import data, models, workdir
+from cifar_jax import compare, data, models, workdir
 from cifar_jax.augment import normalize
+from cifar_jax.errors import UserError
 from cifar_jax.results import report, restore
 from cifar_jax.training import loop
 
@@ -234,19 +235,19 @@ def test_compare_groups_an_ablation_and_pairs_it_by_seed(smoke_workdir, tmp_path
   assert float(softmax['mean_difference']) == pytest.approx(0.10)
   assert softmax['sd_difference'] == '' and softmax['improved'] == '1/1'
 
-  # Another baseline, a field that does not exist, and a pairing that repeats: one line each.
-  result = run('cifar_jax.compare', f'--out={out}', '--group_by=hem.mode', '--baseline=topk',
-               *runs)
+  # Another baseline, a field that does not exist, and a pairing that repeats (in this process:
+  # the command's one-line form of a UserError is checked above and in test_cli.py).
+  compare.compare(runs, str(out), group_by='hem.mode', baseline='topk')
   with open(out / 'groups.csv') as f:
     groups = {row['group']: row for row in csv.DictReader(f)}
   assert float(groups['off']['mean_difference']) == pytest.approx(-0.07 / 3)
-  for flags, message in [(['--group_by=hem.nope'], "has no field 'hem.nope'"),
-                         (['--group_by=hem.mode', '--baseline=none'], "baseline value 'none'"),
-                         (['--group_by=hem.mode', '--pair_by=hem.fraction'],
-                          'have the same pairing value')]:
-    result = run('cifar_jax.compare', f'--out={out}', *flags, *runs)
-    assert result.returncode == 1 and result.stderr.count('\n') == 1, result.stderr[-2000:]
-    assert message in result.stderr
+  for fields, message in [({'group_by': 'hem.nope'}, "has no field 'hem.nope'"),
+                          ({'group_by': 'hem.mode', 'baseline': 'none'}, "baseline value 'none'"),
+                          ({'group_by': 'hem.mode', 'pair_by': 'hem.fraction'},
+                           'have the same pairing value')]:
+    with pytest.raises(UserError, match=message) as raised:
+      compare.compare(runs, str(out), **fields)
+    assert '\n' not in str(raised.value)
 
 
 def test_cifar100_from_official_files_trains_and_reports_by_superclass(tmp_path):
