@@ -29,12 +29,13 @@ from absl import app, flags
 from jax.sharding import PartitionSpec as P
 from ml_collections import config_flags
 
-from cifar_jax import cli, rng, workdir
+from cifar_jax import cli, workdir
 from cifar_jax.augment import color_jitter, inputs, normalize
 from cifar_jax.data import splits as splits_lib
 from cifar_jax.errors import UserError
 from cifar_jax.results import data_figures
 from cifar_jax.sharding import DATA_AXIS
+from cifar_jax.training import state as state_lib
 from cifar_jax.training import step as step_lib
 
 
@@ -59,15 +60,18 @@ def class_counts(labels: np.ndarray, names: list[str]) -> dict[str, int]:
 
 
 def samples(images: np.ndarray, labels: np.ndarray, num_classes: int,
-            per_class: int = SAMPLES_PER_CLASS) -> np.ndarray:
+            per_class: int = SAMPLES_PER_CLASS) -> tuple[np.ndarray, np.ndarray]:
   """uint8 [num_classes * per_class, 32, 32, 3]: the first `per_class` images of each class in a
-  fixed random order of the split (zeros where a class has fewer)."""
+  fixed random order of the split, and bool [num_classes * per_class]: which slots hold one
+  (a class with fewer images leaves the rest empty, zeros)."""
   order = np.random.default_rng(0).permutation(len(labels))
   chosen = np.zeros((num_classes, per_class, *images.shape[1:]), images.dtype)
+  present = np.zeros((num_classes, per_class), bool)
   for label in range(num_classes):
     rows = order[labels[order] == label][:per_class]
     chosen[label, :len(rows)] = images[rows]
-  return chosen.reshape(-1, *images.shape[1:])
+    present[label, :len(rows)] = True
+  return chosen.reshape(-1, *images.shape[1:]), present.reshape(-1)
 
 
 def augmented_batch(config, images: np.ndarray, labels: np.ndarray, image_stats, num_classes: int,
@@ -84,7 +88,7 @@ def augmented_batch(config, images: np.ndarray, labels: np.ndarray, image_stats,
     training rows [B].
   """
   num_train = len(labels)
-  steps_per_epoch = _steps_per_epoch(config, num_train)
+  steps_per_epoch = step_lib.steps_per_epoch(config.batch_size, num_train)
   cpu = jax.devices('cpu')[0]
   mesh = jax.sharding.Mesh(np.array([cpu]), (DATA_AXIS,))
   epoch = step // steps_per_epoch
@@ -110,16 +114,9 @@ def augmented_batch(config, images: np.ndarray, labels: np.ndarray, image_stats,
   return np.asarray(model_inputs), np.asarray(targets), rows
 
 
-def _steps_per_epoch(config, num_train: int) -> int:
-  if config.batch_size > num_train:
-    raise UserError(f'config.batch_size={config.batch_size} is larger than the {num_train} '
-                    'training examples.')
-  return num_train // config.batch_size
-
-
 def run_key_of(seed: int):
-  """The run's key, as a fresh train state holds it (`state.init_train_state`)."""
-  return rng.stream(jax.random.PRNGKey(seed), 'run')
+  """The run's key, as a fresh train state holds it (`state.run_key`)."""
+  return state_lib.run_key(jax.random.PRNGKey(seed))
 
 
 def displayed(model_inputs: np.ndarray, image_stats) -> np.ndarray:
@@ -168,13 +165,13 @@ def explore(config, out: str, step: int = 0) -> dict:
   classes = workdir.classes_of(dataset)
   names = classes['class_names']
   train_images, train_labels = host_splits['train']
-  _steps_per_epoch(config, len(train_labels))  # Before any work: the batch must fit.
+  step_lib.steps_per_epoch(config.batch_size, len(train_labels))  # Before any work: it fits.
   os.makedirs(out, exist_ok=True)
   files = []
   what = f'{config.dataset.name} ({config.dataset.source})'
 
   files.append(data_figures.samples_per_class(
-      samples(train_images, train_labels, len(names)), names, os.path.join(out, 'samples.png'),
+      *samples(train_images, train_labels, len(names)), names, os.path.join(out, 'samples.png'),
       f'{what}: {SAMPLES_PER_CLASS} training images per class'))
 
   counts = {'class_names': names, 'splits': {}}
@@ -219,9 +216,7 @@ def explore(config, out: str, step: int = 0) -> dict:
 
 
 def _write_json(path: str, content: dict) -> str:
-  with open(path, 'w') as f:
-    json.dump(content, f, indent=1)
-    f.write('\n')
+  workdir.write_atomically(path, json.dumps(content, indent=1) + '\n')
   return path
 
 

@@ -123,6 +123,28 @@ def test_explore_shows_synthetic_cifar10_and_the_train_steps_own_batch(tmp_path,
                        if weight < 0.995 else names[first])
 
 
+def test_without_augmentation_the_batch_shown_is_the_batchs_own_pixels():
+  # What `displayed` undoes is the normalisation alone: with no augmentation the denormalised
+  # inputs are the training images of the batch's rows, exactly.
+  config = tiny_config(**{'augment.crop_padding': 0, 'augment.flip': False})
+  dataset = data.load('cifar10', 'synthetic', synthetic_train_size=256, synthetic_test_size=100)
+  stats = normalize.channel_stats(dataset.train.images)
+  model_inputs, targets, rows = explore.augmented_batch(
+      config, dataset.train.images, dataset.train.labels, stats, 10, step=3)
+  assert len(set(rows.tolist())) == len(rows) == config.batch_size
+  np.testing.assert_array_equal(explore.displayed(model_inputs, stats), dataset.train.images[rows])
+  np.testing.assert_array_equal(targets.argmax(-1), dataset.train.labels[rows])
+
+
+def test_a_black_training_image_is_shown_and_only_missing_ones_are_blank():
+  images = np.full((5, 32, 32, 3), 200, np.uint8)
+  images[0] = 0  # A black image of class 0.
+  labels = np.array([0, 0, 1, 1, 1])
+  chosen, present = explore.samples(images, labels, num_classes=2, per_class=3)
+  assert present.tolist() == [True, True, False, True, True, True]
+  assert sorted(chosen[:2].reshape(2, -1).max(axis=1).tolist()) == [0, 200]
+
+
 def test_explore_command_on_a_synthetic_cifar100_in_the_official_format(tmp_path):
   write_official_cifar100(tmp_path)
   out = tmp_path / 'explore'

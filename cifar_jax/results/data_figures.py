@@ -90,18 +90,21 @@ def samples_grid(images: np.ndarray, names: list[str]) -> TileGrid:
                   tile=images.shape[1] * factor, left=int(12 + 6 * longest) + _GAP)
 
 
-def samples_per_class(images: np.ndarray, names: list[str], path: str, title: str) -> str:
+def samples_per_class(images: np.ndarray, present: np.ndarray, names: list[str], path: str,
+                      title: str) -> str:
   """A row of training images per class, labelled with its name.
 
   Args:
-    images: uint8 [classes * per_class, 32, 32, 3], class by class; an all-zero image is a
-      missing one (a class with fewer images) and is left blank.
+    images: uint8 [classes * per_class, 32, 32, 3], class by class.
+    present: bool [classes * per_class]: False for the empty slots of a class with fewer images,
+      left blank.
   """
   grid = samples_grid(images, names)
   tiles = enlarge(images, grid.tile // images.shape[1])
   labels = [name if len(name) <= _LABEL_CHARS else name[:_LABEL_CHARS - 1] + '…'
             for name in names]
-  shown = [tile if tile.any() else np.full_like(tile, 255) for tile in tiles]
+  shown = [tile if filled else np.full_like(tile, 255) for tile, filled in zip(tiles, present,
+                                                                               strict=True)]
   return _tile_figure(grid, np.stack(shown), path, title, row_labels=labels)
 
 

@@ -119,10 +119,7 @@ def setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = No
   splits = place_splits(host_splits, dataset.num_classes, config.eval_batch_size, mesh)
   classes = workdir.classes_of(dataset)
   del dataset, host_splits  # The host copies: the run keeps the mesh's.
-  steps_per_epoch = splits.num_train // config.batch_size
-  if steps_per_epoch == 0:
-    raise UserError(f'config.batch_size={config.batch_size} is larger than the '
-                    f'{splits.num_train} training examples.')
+  steps_per_epoch = step_lib.steps_per_epoch(config.batch_size, splits.num_train)
   total_steps = optim.epochs_to_steps(config.num_epochs, steps_per_epoch)
   if config.max_steps:
     total_steps = min(total_steps, config.max_steps)

@@ -34,6 +34,12 @@ class TrainState:
   loss_scale: Any
 
 
+def run_key(seed_key):
+  """The run's key (`TrainState.rng`, the source of the data order and every step's key) of the
+  key `jax.random.PRNGKey(config.seed)`."""
+  return rng.stream(seed_key, 'run')
+
+
 def init_train_state(seed_key, model, optimizer, plateau, image_mean, image_std,
                      ema: bool = False, lookahead: bool = False,
                      input_size: int = 32, loss_scale=None) -> TrainState:
@@ -51,7 +57,7 @@ def init_train_state(seed_key, model, optimizer, plateau, image_mean, image_std,
       lookahead=lookahead_lib.init(params, batch_stats) if lookahead else {},
       # The plateau transform only needs a float dtype from its "params".
       plateau=plateau.init(jnp.zeros((), jnp.float32)),
-      early_stopping=optim.EarlyStoppingState.create(), rng=rng.stream(seed_key, 'run'),
+      early_stopping=optim.EarlyStoppingState.create(), rng=run_key(seed_key),
       image_mean=jnp.asarray(image_mean, jnp.float32),
       image_std=jnp.asarray(image_std, jnp.float32),
       loss_scale=loss_scale_lib.init(loss_scale) if loss_scale is not None else {})

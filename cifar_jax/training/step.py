@@ -17,6 +17,7 @@ from jax import lax
 
 from cifar_jax import rng
 from cifar_jax.augment import inputs as inputs_lib
+from cifar_jax.errors import UserError
 from cifar_jax.sharding import DATA_AXIS
 from cifar_jax.training import update as update_lib
 
@@ -53,6 +54,18 @@ def key_for_step(run_key, step):
   """The key of train step `step`: the run's 'steps' stream with the step number folded in, so a
   resumed run draws what an uninterrupted one does."""
   return jax.random.fold_in(rng.stream(run_key, 'steps'), step)
+
+
+def steps_per_epoch(batch_size: int, num_train: int) -> int:
+  """Whole batches of the training split (the last partial one is dropped).
+
+  Raises:
+    UserError: if `batch_size` is larger than the split.
+  """
+  if batch_size > num_train:
+    raise UserError(f'config.batch_size={batch_size} is larger than the {num_train} training '
+                    'examples.')
+  return num_train // batch_size
 
 
 def batch_indices(permutation, step, *, batch_size: int, steps_per_epoch: int):
