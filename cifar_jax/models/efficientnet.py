@@ -47,20 +47,23 @@ def conv_padding(padding: str, kernel_size: int):
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
-  """One row of the stage table: `repeats` MBConv blocks with the same settings.
+  """One row of the stage table: `repeats` blocks with the same settings.
 
   Attributes:
     expand_ratio: Inner channels of a block as a multiple of its input channels.
     features: Output channels.
     repeats: Number of blocks.
-    strides: Stride of the first block's depthwise convolution (the others have stride 1).
-    kernel_size: Side of the depthwise kernel.
+    strides: Stride of the first block (the others have stride 1).
+    kernel_size: Side of the depthwise (or, fused, the full) kernel.
+    fused: Fused-MBConv blocks (EfficientNetV2's early stages, no squeeze-excitation) instead
+      of MBConv.
   """
   expand_ratio: int
   features: int
   repeats: int
   strides: int
   kernel_size: int
+  fused: bool = False
 
 
 B0_STAGES = (
@@ -104,8 +107,7 @@ class MBConvBlock(nn.Module):
     expand_ratio: Inner channels as a multiple of the input channels; 1 skips the expansion.
     kernel_size: Side of the depthwise kernel.
     strides: Stride of the depthwise convolution.
-    se_ratio: Squeeze-excitation bottleneck width as a fraction of the input channels; 0 leaves
-      the squeeze-excitation out.
+    se_ratio: Squeeze-excitation bottleneck width as a fraction of the input channels.
     padding: One of `PADDINGS`.
     drop_path_rate: Probability of skipping the residual branch for an example, in train mode.
     conv: Convolution constructor (no bias, initialiser and dtypes bound).
@@ -134,8 +136,7 @@ class MBConvBlock(nn.Module):
     y = self.conv(y.shape[-1], (k, k), (s, s), padding=conv_padding(self.padding, k),
                   feature_group_count=y.shape[-1], name='depthwise_conv')(y)
     y = nn.swish(self.norm(name='depthwise_bn')(y))
-    if self.se_ratio > 0:
-      y = SqueezeExcitation(max(1, int(in_features * self.se_ratio)), self.dtype, name='se')(y)
+    y = SqueezeExcitation(max(1, int(in_features * self.se_ratio)), self.dtype, name='se')(y)
     y = self.conv(self.features, (1, 1), name='project_conv')(y)
     # No activation after the projection: the block's output is a linear bottleneck.
     y = self.norm(name='project_bn')(y)
@@ -147,11 +148,51 @@ class MBConvBlock(nn.Module):
     return y
 
 
+class FusedMBConvBlock(nn.Module):
+  """Fused-MBConv (EfficientNetV2): a k x k expansion convolution, then a 1x1 projection.
+
+  Without expansion (`expand_ratio=1`) the block is a single k x k convolution with BatchNorm
+  and activation (named `project_*`, as in Keras). The shortcut (with stochastic depth on the
+  residual branch) exists only when the block keeps the resolution and the channels. The
+  attributes are `MBConvBlock`'s but `se_ratio`: the fused stages have no squeeze-excitation.
+  """
+  features: int
+  expand_ratio: int
+  kernel_size: int
+  strides: int
+  padding: str
+  drop_path_rate: float
+  conv: layers.ModuleDef
+  norm: layers.ModuleDef
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, x, *, train: bool):
+    in_features = x.shape[-1]
+    k, s = self.kernel_size, self.strides
+    full = functools.partial(self.conv, kernel_size=(k, k), strides=(s, s),
+                             padding=conv_padding(self.padding, k))
+    if self.expand_ratio != 1:
+      y = full(in_features * self.expand_ratio, name='expand_conv')(x)
+      y = nn.swish(self.norm(name='expand_bn')(y))
+      # A linear bottleneck, as in MBConv.
+      y = self.norm(name='project_bn')(self.conv(self.features, (1, 1), name='project_conv')(y))
+    else:
+      y = nn.swish(self.norm(name='project_bn')(full(self.features, name='project_conv')(x)))
+    if s == 1 and in_features == self.features:
+      y = nn.Dropout(self.drop_path_rate, broadcast_dims=(1, 2, 3), name='drop_path')(
+          y, deterministic=not train)
+      y = y + x
+    return y
+
+
 class EfficientNet(nn.Module):
   """EfficientNet: stem conv, MBConv stages, 1x1 head conv, global average pool, dropout, Dense.
 
+  EfficientNetV2 is this network with Fused-MBConv stages first (`Stage.fused`).
+
   Attributes:
-    stages: The stage table (`B0_STAGES`).
+    stages: The stage table (`B0_STAGES`, or `efficientnet_v2.B0_STAGES`).
     stem_features: Channels of the stem convolution.
     head_features: Channels of the 1x1 convolution before the pool.
     num_classes: Number of output logits.
@@ -159,7 +200,8 @@ class EfficientNet(nn.Module):
     drop_connect_rate: Stochastic depth rate; block i of n (counted over all stages) skips its
       residual branch with probability drop_connect_rate * i / n, in train mode. Like dropout,
       it draws from the 'dropout' rng.
-    se_ratio: Squeeze-excitation bottleneck width as a fraction of a block's input channels.
+    se_ratio: Squeeze-excitation bottleneck width as a fraction of a block's input channels
+      (MBConv blocks; fused ones have none).
     stem_strides: Stride of the stem convolution: 1 for 32x32 inputs (the CIFAR adaptation), 2
       as in the reference, for inputs of 224x224 or so.
     padding: 'same' (TensorFlow's) or 'symmetric' (PyTorch's); see the module docstring.
@@ -205,11 +247,13 @@ class EfficientNet(nn.Module):
     num_blocks = sum(stage.repeats for stage in self.stages)
     block_index = 0
     for i, stage in enumerate(self.stages):
+      block = (FusedMBConvBlock if stage.fused
+               else functools.partial(MBConvBlock, se_ratio=self.se_ratio))
       for j in range(stage.repeats):
-        x = MBConvBlock(
+        x = block(
             features=stage.features, expand_ratio=stage.expand_ratio,
             kernel_size=stage.kernel_size, strides=stage.strides if j == 0 else 1,
-            se_ratio=self.se_ratio, padding=self.padding,
+            padding=self.padding,
             drop_path_rate=self.drop_connect_rate * block_index / num_blocks, conv=conv,
             norm=norm, dtype=self.dtype, name=f'stage{i + 1}_block{j}')(x, train=train)
         block_index += 1

@@ -140,8 +140,7 @@ def _layout(model, format_name: str, path: str, arrays: dict):
               lambda name, _: vgg.is_keras_classifier(name))
     raise UserError(f'{path}: VGGs load torchvision or timm (.safetensors, .pth) or Keras (.h5, '
                     f'.keras) weights, not {format_name} files.')
-  if isinstance(model, (models.efficientnet.EfficientNet,
-                        models.efficientnet_v2.EfficientNetV2)):
+  if isinstance(model, models.efficientnet.EfficientNet):  # EfficientNetV2 is one too.
     return _efficientnet_layout(model, format_name, path, arrays)
   raise UserError(f'pretrained weights load into ViT, ResNet, VGG and EfficientNet models, not '
                   f'{type(model).__name__}.')

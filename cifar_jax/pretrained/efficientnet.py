@@ -52,7 +52,7 @@ _TIMM_BLOCK = {
            'depthwise_bn': 'bn2', 'project_conv': 'conv_pwl', 'project_bn': 'bn3', **_SE},
     'cn': {'project_conv': 'conv', 'project_bn': 'bn1'},
     'er': {'expand_conv': 'conv_exp', 'expand_bn': 'bn1', 'project_conv': 'conv_pwl',
-           'project_bn': 'bn2', **_SE},
+           'project_bn': 'bn2'},
 }
 
 # Keras' input normalisation layer (numbered when a session builds several models): its mean,
@@ -125,6 +125,6 @@ def timm_name(model, path: tuple[str, ...]) -> str:
 
 def _timm_kind(stage) -> str:
   """timm's block for a stage of either family (see the module docstring)."""
-  if getattr(stage, 'block', 'mbconv') == 'fused':
+  if stage.fused:
     return 'cn' if stage.expand_ratio == 1 else 'er'
   return 'ds' if stage.expand_ratio == 1 else 'ir'
