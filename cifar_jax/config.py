@@ -297,7 +297,7 @@ def efficientnet_finetune_config(model_name: str,
   files and timm's `tf_` ports) on the 32x32 images resized to 224x224, the pretraining's
   resolution, normalised with ImageNet's statistics as both releases were pretrained. SGD with
   Nesterov momentum 0.9 from 0.02 for the global batch of 128 (one warm-up epoch, then cosine),
-  10 epochs (3,910 steps on 50,000 images), weight decay 1e-4 on kernels only, label smoothing
+  10 epochs (3,900 steps on 50,000 images), weight decay 1e-4 on kernels only, label smoothing
   0.1, the reference's dropout and stochastic depth (0.2), bfloat16 compute. timm's own
   `efficientnet_b0` weights need `--config.model.padding=symmetric
   --config.model.bn_epsilon=1e-5`.

@@ -22,13 +22,7 @@ import re
 import numpy as np
 
 from cifar_jax.models import efficientnet_v2
-
-# The model's stage/block modules, e.g. 'stage2_block0'.
-_BLOCK = re.compile(r'stage(\d+)_block(\d+)')
-
-# BatchNorm variables: ours, Keras', timm's (PyTorch's).
-_KERAS_BN = {'scale': 'gamma', 'bias': 'beta', 'mean': 'moving_mean', 'var': 'moving_variance'}
-_TORCH_BN = {'scale': 'weight', 'bias': 'bias', 'mean': 'running_mean', 'var': 'running_var'}
+from cifar_jax.pretrained import resnet
 
 # Layers outside the blocks: ours -> Keras', timm's.
 _KERAS_TOP = {'stem_conv': 'stem_conv', 'stem_bn': 'stem_bn', 'head_conv': 'top_conv',
@@ -78,13 +72,13 @@ def keras_name(model, path: tuple[str, ...], file_names) -> str:
   if not block:
     layer = _KERAS_TOP[layer]
   else:
-    stage, index = _BLOCK.fullmatch(block).groups()
+    stage, index = resnet.BLOCK.fullmatch(block).groups()
     suffix = _KERAS_BLOCK[layer]
     if suffix == 'dwconv' and isinstance(model, efficientnet_v2.EfficientNetV2):
       suffix = 'dwconv2'
     layer = f'block{stage}{chr(ord("a") + int(index))}_{suffix}'
   if layer.endswith('bn'):
-    return f'{layer}/{_KERAS_BN[variable]}'
+    return f'{layer}/{resnet.KERAS_BN[variable]}'
   if 'dwconv' in layer and f'{layer}/kernel' not in file_names:
     return f'{layer}/depthwise_kernel'
   return f'{layer}/{variable}'
@@ -116,10 +110,10 @@ def timm_name(model, path: tuple[str, ...]) -> str:
   if not block:
     layer = _TIMM_TOP[layer]
   else:
-    stage, index = map(int, _BLOCK.fullmatch(block).groups())
+    stage, index = map(int, resnet.BLOCK.fullmatch(block).groups())
     layer = f'blocks.{stage - 1}.{index}.{_TIMM_BLOCK[_timm_kind(model.stages[stage - 1])][layer]}'
   if layer.split('.')[-1].startswith('bn'):
-    return f'{layer}.{_TORCH_BN[variable]}'
+    return f'{layer}.{resnet.TORCH_BN[variable]}'
   return f'{layer}.{variable.replace("kernel", "weight")}'
 
 

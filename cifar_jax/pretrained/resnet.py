@@ -10,11 +10,11 @@ import flax
 import numpy as np
 
 # The model's stage/block modules, e.g. 'stage2_block0'.
-_BLOCK = re.compile(r'stage(\d+)_block(\d+)')
+BLOCK = re.compile(r'stage(\d+)_block(\d+)')
 
 # BatchNorm variables: ours, torchvision's, Keras'.
-_TORCH_BN = {'scale': 'weight', 'bias': 'bias', 'mean': 'running_mean', 'var': 'running_var'}
-_KERAS_BN = {'scale': 'gamma', 'bias': 'beta', 'mean': 'moving_mean', 'var': 'moving_variance'}
+TORCH_BN = {'scale': 'weight', 'bias': 'bias', 'mean': 'running_mean', 'var': 'running_var'}
+KERAS_BN = {'scale': 'gamma', 'bias': 'beta', 'mean': 'moving_mean', 'var': 'moving_variance'}
 
 
 def torchvision_name(path: tuple[str, ...]) -> str:
@@ -26,11 +26,11 @@ def torchvision_name(path: tuple[str, ...]) -> str:
     layer = 'conv1' if modules == ['stem_conv'] else 'bn1'
   else:
     block, layer = modules
-    stage, index = _BLOCK.fullmatch(block).groups()
+    stage, index = BLOCK.fullmatch(block).groups()
     layer = {'proj_conv': 'downsample.0', 'proj_bn': 'downsample.1'}.get(layer, layer)
     layer = f'layer{stage}.{index}.{layer}'
   is_bn = 'bn' in modules[-1]  # bn1..bn3, proj_bn, stem_bn.
-  return f'{layer}.{_TORCH_BN[variable] if is_bn else variable.replace("kernel", "weight")}'
+  return f'{layer}.{TORCH_BN[variable] if is_bn else variable.replace("kernel", "weight")}'
 
 
 def torchvision_value(path: tuple[str, ...], array: np.ndarray) -> np.ndarray:
@@ -51,13 +51,13 @@ def keras_name(path: tuple[str, ...]) -> str:
     layer = 'conv1_conv' if modules == ['stem_conv'] else 'conv1_bn'
   else:
     block, layer = modules
-    stage, index = _BLOCK.fullmatch(block).groups()
+    stage, index = BLOCK.fullmatch(block).groups()
     # Keras numbers stages from conv2 (after the conv1 stem) and blocks from 1; the shortcut
     # projection is layer 0 of the block.
     kind = 'bn' if 'bn' in layer else 'conv'  # conv1..conv3, proj_conv; bn1..bn3, proj_bn.
     number = '0' if layer.startswith('proj') else layer[-1]
     layer = f'conv{int(stage) + 1}_block{int(index) + 1}_{number}_{kind}'
-  return f'{layer}/{_KERAS_BN[variable] if layer.endswith("bn") else variable}'
+  return f'{layer}/{KERAS_BN[variable] if layer.endswith("bn") else variable}'
 
 
 def keras_value(path: tuple[str, ...], array: np.ndarray) -> np.ndarray:

@@ -17,9 +17,6 @@ from cifar_jax.pretrained import resnet
 # The model's modules: block{b}_conv{l} and block{b}_bn{l}, both numbered from 1.
 _LAYER = re.compile(r'block(\d+)_(conv|bn)(\d+)')
 
-# BatchNorm variables: ours, torchvision's.
-_TORCH_BN = {'scale': 'weight', 'bias': 'bias', 'mean': 'running_mean', 'var': 'running_var'}
-
 # The file's classifier, which the model has no place for.
 _KERAS_CLASSIFIER = ('fc1/', 'fc2/', 'predictions/')
 _TORCH_CLASSIFIER = ('classifier.', 'pre_logits.', 'head.')
@@ -62,7 +59,7 @@ def torchvision_name_function(block_sizes, batch_norm: bool):
     if modules == ['head']:
       return None
     block, kind, layer = _LAYER.fullmatch(modules[0]).groups()
-    name = _TORCH_BN[variable] if kind == 'bn' else variable.replace('kernel', 'weight')
+    name = resnet.TORCH_BN[variable] if kind == 'bn' else variable.replace('kernel', 'weight')
     return f'features.{index[int(block), kind, int(layer)]}.{name}'
 
   return torchvision_name
