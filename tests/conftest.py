@@ -70,6 +70,15 @@ def random_images(n, size=32, seed=0):
   return np.random.default_rng(seed).integers(0, 256, size=(n, size, size, 3), dtype=np.uint8)
 
 
+def assert_load_refused(path, model, message):
+  """`pretrained.load` refuses the file at `path` for `model` with one line matching `message`."""
+  from cifar_jax import pretrained  # noqa: PLC0415 (only the loader tests need it)
+  from cifar_jax.errors import UserError  # noqa: PLC0415
+  with pytest.raises(UserError, match=message) as raised:
+    pretrained.load(str(path), model, *zero_variables(model))
+  assert '\n' not in str(raised.value)
+
+
 def zero_variables(model, size=32):
   """Zeros of the model's variable shapes, found without compiling its initialisation: enough
   for the tests that only check which files and shapes a loader refuses."""

@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 import safetensors.numpy
 from conftest import (
-    CONFIG_DIR,
-    WritesAFileWhenUnpickled,
-    load_config_file,
-    tiny_config,
-    zero_variables,
+  CONFIG_DIR,
+  WritesAFileWhenUnpickled,
+  assert_load_refused,
+  load_config_file,
+  tiny_config,
+  zero_variables,
 )
 
 from cifar_jax import config as config_lib
@@ -188,8 +189,7 @@ def resnet18_file(tmp_path_factory):
 def test_a_checkpoint_of_another_architecture_is_refused_naming_the_parameter(
     resnet18_file, model_name, fields, message):
   model = models.create_model(model_name, num_classes=10, **fields)
-  with pytest.raises(UserError, match=message):
-    pretrained.load(resnet18_file, model, *zero_variables(model))
+  assert_load_refused(resnet18_file, model, message)
 
 
 def test_unreadable_files_are_refused_with_the_reason(tmp_path):
@@ -213,8 +213,7 @@ def test_an_npz_with_pickled_objects_is_refused_without_running_them(tmp_path):
   path = str(tmp_path / 'evil.npz')
   np.savez(path, payload=np.array([WritesAFileWhenUnpickled(str(marker))], dtype=object))
   model = TINY_VIT(num_classes=10)
-  with pytest.raises(UserError, match='could not read .*evil.npz.*pickle'):
-    pretrained.load(path, model, *zero_variables(model))
+  assert_load_refused(path, model, 'could not read .*evil.npz.*pickle')
   assert not marker.exists()
 
 
