@@ -56,7 +56,7 @@ def test_user_mistakes_get_one_clear_error_and_no_traceback(tmp_path, module, fl
 
 
 @pytest.mark.parametrize('module', ['cifar_jax.main', 'cifar_jax.evaluate', 'cifar_jax.report',
-                                    'cifar_jax.predict', 'cifar_jax.compare'])
+                                    'cifar_jax.predict', 'cifar_jax.compare', 'cifar_jax.explore'])
 def test_help_exits_cleanly_with_the_usage(module):
   result = run(module, '--help')
   assert result.returncode == 0, result.stderr[-3000:]

@@ -54,9 +54,11 @@ def _shapes(model, image_size=32):
     ('efficientnet_b0', 224, 1000, 5_288_548),
     ('efficientnet_b0', 32, 1000, 5_288_548),
     ('efficientnet_b0', 32, 10, 5_288_548 - 1280 * 990 - 990),
+    ('efficientnet_b0', 32, 100, 4_135_648),  # The README's CIFAR-100 figures.
     # timm's tf_efficientnetv2_b0 and Keras' EfficientNetV2B0 (less its BatchNorm statistics).
     ('efficientnetv2_b0', 224, 1000, 7_139_704),
     ('efficientnetv2_b0', 32, 10, 7_139_704 - 1280 * 990 - 990),
+    ('efficientnetv2_b0', 32, 100, 5_986_804),
     ('xception', 32, 10, 2_699_082),
 ])
 def test_param_counts(name, image_size, num_classes, expected):

@@ -40,6 +40,8 @@ def _blend(image, degenerate, factor):
   return jnp.clip(factor * image + (1.0 - factor) * degenerate, 0.0, 1.0)
 
 
+# The three blends one at a time, as torchvision's functions are: the tests compare them with
+# torchvision; training applies them through `_blend_op`, in each image's random order.
 def adjust_brightness(image, factor):
   """Scales a float [H, W, 3] image in [0, 1] by `factor` >= 0 (0 = black), clamped."""
   return _blend(image, jnp.zeros((), image.dtype), factor)
