@@ -49,7 +49,8 @@ def load(path: str, model, params, batch_stats) -> tuple[dict, dict, list[str]]:
 
   Args:
     path: The weights file; its extension names its format.
-    model: The flax module the variables belong to (a ViT or a ResNet).
+    model: The flax module the variables belong to (a ViT, ResNet, VGG, EfficientNet or
+      EfficientNetV2).
     params, batch_stats: The model's freshly initialised variables (host arrays); they give the
       names and shapes to fill, and the values of whatever starts afresh.
 
