@@ -128,6 +128,14 @@ def import_keras():
   return keras
 
 
+def keras_application(keras, name, **kwargs):
+  """keras.applications' `name` for 32x32 inputs, without weights, its initial weights drawn
+  from a fixed seed: Keras draws them from an unseeded stream, and a test's reference must not
+  change from one run to the next."""
+  keras.utils.set_random_seed(0)
+  return getattr(keras.applications, name)(weights=None, input_shape=(32, 32, 3), **kwargs)
+
+
 def mesh_of(num_devices):
   """A 1-D `data` mesh over the first `num_devices` devices."""
   return Mesh(np.array(jax.devices()[:num_devices]), (sharding.DATA_AXIS,))

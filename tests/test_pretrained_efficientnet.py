@@ -18,6 +18,7 @@ from conftest import (
   assert_load_refused,
   import_keras,
   import_torchvision,
+  keras_application,
   random_images,
   run_command,
   zero_variables,
@@ -135,16 +136,14 @@ def keras():
 
 @pytest.fixture(scope='module')
 def keras_b0(keras):
-  network = keras.applications.EfficientNetB0(weights=None, include_top=False,
-                                              input_shape=(32, 32, 3))
+  network = keras_application(keras, 'EfficientNetB0', include_top=False)
   return KerasReference(randomised_keras(keras, network))
 
 
 @pytest.fixture(scope='module')
 def keras_v2_b0(keras):
   # Its B variants normalise [0, 255] images with ImageNet's statistics, fixed in the model.
-  network = keras.applications.EfficientNetV2B0(weights=None, include_top=False,
-                                                input_shape=(32, 32, 3))
+  network = keras_application(keras, 'EfficientNetV2B0', include_top=False)
   return KerasReference(randomised_keras(keras, network))
 
 

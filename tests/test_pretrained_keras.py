@@ -14,7 +14,13 @@ import zipfile
 import h5py
 import numpy as np
 import pytest
-from conftest import assert_load_refused, import_keras, random_images, zero_variables
+from conftest import (
+  assert_load_refused,
+  import_keras,
+  keras_application,
+  random_images,
+  zero_variables,
+)
 
 from cifar_jax import models, pretrained
 from cifar_jax.augment import normalize
@@ -72,13 +78,13 @@ def keras():
 
 @pytest.fixture(scope='module')
 def vgg19(keras):
-  network = keras.applications.VGG19(weights=None, include_top=False, input_shape=(32, 32, 3))
+  network = keras_application(keras, 'VGG19', include_top=False)
   return Reference(keras, randomised(network), keras.applications.vgg19.preprocess_input)
 
 
 @pytest.fixture(scope='module')
 def resnet50(keras):
-  network = keras.applications.ResNet50(weights=None, include_top=False, input_shape=(32, 32, 3))
+  network = keras_application(keras, 'ResNet50', include_top=False)
   return Reference(keras, randomised(network), keras.applications.resnet50.preprocess_input)
 
 
@@ -176,7 +182,7 @@ def test_keras_resnet50_gives_keras_outputs(resnet50, layout, tmp_path):
 
 def test_keras_vgg19_file_keeps_its_classifier_out_of_the_model(keras, vgg19, tmp_path):
   """The files with a top (fc1, fc2, predictions) load too: the head starts at zero."""
-  network = keras.applications.VGG19(weights=None, input_shape=(32, 32, 3), classes=3)
+  network = keras_application(keras, 'VGG19', classes=3)
   path = str(tmp_path / 'vgg19.weights.h5')
   network.save_weights(path)
   model = models.create_model('vgg19', num_classes=NUM_CLASSES, batch_norm=False)
