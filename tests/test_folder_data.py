@@ -46,11 +46,22 @@ def test_folder_gives_the_arrays_of_the_official_files_for_the_same_images(tmp_p
   official = data.load('cifar10', 'local', str(tmp_path / 'official'), download=False)
   assert from_folder.class_names == official.class_names == CIFAR10_CLASS_NAMES
   assert from_folder.name == 'cifar10' and from_folder.coarse_class_names is None
+  # The test split as listed; the training split in the folder source's fixed order.
+  orders = {'train': folder.training_order(30), 'test': np.arange(20)}
   for split in ('train', 'test'):
     got, want = getattr(from_folder, split), getattr(official, split)
-    np.testing.assert_array_equal(got.images, want.images)
-    np.testing.assert_array_equal(got.labels, want.labels)
-    np.testing.assert_array_equal(got.images, splits[split])
+    np.testing.assert_array_equal(got.images, want.images[orders[split]])
+    np.testing.assert_array_equal(got.labels, want.labels[orders[split]])
+    np.testing.assert_array_equal(got.images, splits[split][orders[split]])
+
+
+def test_the_first_training_images_of_a_folder_are_of_every_class(tmp_path):
+  # Listed class by class, the first 10% of the images would be the first class's: a
+  # data-dependent initialisation (airbench's whitening) from the first N saw one class.
+  small_tree(tmp_path, names=tuple('abcdefghij'), train=10, test=1)
+  labels = data.load('cifar10', 'folder', str(tmp_path)).train.labels
+  assert sorted(labels.tolist()) == sorted(list(range(10)) * 10)
+  assert set(labels[:50].tolist()) == set(range(10))
 
 
 def test_images_of_any_size_and_mode_are_centre_squares_at_32x32(tmp_path):
@@ -69,16 +80,18 @@ def test_images_of_any_size_and_mode_are_centre_squares_at_32x32(tmp_path):
 
   dataset = data.load('my images', 'folder', str(tmp_path))
   assert dataset.name == 'my images' and dataset.class_names == ('a', 'b')
-  np.testing.assert_array_equal(dataset.train.labels, [0, 0, 1])
-  # Sorted by path: large.jpg, wide.png, nested/grey.png.
+  # Back in the listing's order, sorted by path: large.jpg, wide.png, nested/grey.png.
+  listed = np.argsort(folder.training_order(3))
+  train_images = dataset.train.images[listed]
+  np.testing.assert_array_equal(dataset.train.labels[listed], [0, 0, 1])
   large_jpeg = Image.open(tmp_path / 'train' / 'a' / 'large.jpg').convert('RGB')
   np.testing.assert_array_equal(
-      dataset.train.images[0], np.asarray(large_jpeg.resize((32, 32), Image.Resampling.LANCZOS)))
-  np.testing.assert_array_equal(dataset.train.images[1], wide[:, 8:40])
-  np.testing.assert_array_equal(dataset.train.images[2], np.stack([grey] * 3, -1))
+      train_images[0], np.asarray(large_jpeg.resize((32, 32), Image.Resampling.LANCZOS)))
+  np.testing.assert_array_equal(train_images[1], wide[:, 8:40])
+  np.testing.assert_array_equal(train_images[2], np.stack([grey] * 3, -1))
   # `predict` sees an image exactly as training did.
   np.testing.assert_array_equal(
-      images.read_image(str(tmp_path / 'train' / 'a' / 'large.jpg')), dataset.train.images[0])
+      images.read_image(str(tmp_path / 'train' / 'a' / 'large.jpg')), train_images[0])
 
 
 def test_decoded_images_are_cached_until_the_folder_changes(tmp_path, monkeypatch):

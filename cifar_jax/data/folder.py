@@ -19,6 +19,9 @@ fingerprint of the folder (every file's path, size and modification time, and th
 method), in DIR/.cifar_jax_cache/<fingerprint>.npz, or under the per-user cache when DIR cannot
 be written. A later run with the same files reads the cache at once; any added, removed,
 renamed or rewritten file changes the fingerprint, and the folder is decoded again.
+
+The test images are in the listing's order (class by class); the training images in a fixed
+random order (`training_order`), so that the first N are a sample of every class.
 """
 import concurrent.futures
 import contextlib
@@ -77,8 +80,19 @@ def load(data_dir: str, name: str, user_cache_dir: str) -> Dataset:
   if splits is None:
     splits = _decode(data_dir, listing)
     _write_cache(places, splits, listing)
-  return Dataset(name=name, train=splits['train'], test=splits['test'],
+  # The training images in a fixed random order, as CIFAR's archives hold theirs, not class by
+  # class: batches are drawn by a new permutation each epoch anyway, but whatever takes the
+  # first N training images (airbench's patch whitening takes 5,000) must see every class.
+  order = training_order(len(splits['train'].labels))
+  train = Split(splits['train'].images[order], splits['train'].labels[order], None)
+  return Dataset(name=name, train=train, test=splits['test'],
                  class_names=listing.class_names, coarse_class_names=None)
+
+
+def training_order(count: int) -> np.ndarray:
+  """The order of the training images: a permutation of the listing (class by class, each
+  class's files sorted) that depends on the number of images only, not on the run's seed."""
+  return np.random.default_rng(0).permutation(count)
 
 
 def _list(data_dir: str) -> _Listing:
