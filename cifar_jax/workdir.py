@@ -16,6 +16,7 @@ import ml_collections
 import numpy as np
 
 from cifar_jax import config as config_lib
+from cifar_jax import files
 from cifar_jax.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -59,10 +60,8 @@ def locked(workdir: str, enabled: bool = True):
 def write_atomically(path: str, text: str) -> None:
   """Writes `path` through a temporary file and a rename: an interrupted write leaves the
   old file whole."""
-  temporary = path + '.tmp'
-  with open(temporary, 'w') as f:
+  with files.atomic_file(path) as f:
     f.write(text)
-  os.replace(temporary, path)
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:

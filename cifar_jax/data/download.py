@@ -2,11 +2,11 @@
 import hashlib
 import http.client
 import os
-import tempfile
 import urllib.request
 
 import tqdm
 
+from cifar_jax import files
 from cifar_jax.errors import UserError
 
 # Long enough for a slow server, short enough that an offline machine fails
@@ -38,21 +38,14 @@ def fetch(url: str, dest_path: str, md5: str, *, timeout: float = DEFAULT_TIMEOU
   label = os.path.basename(dest_path)
   try:
     os.makedirs(dest_dir, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(dir=dest_dir, prefix=f'.{label}.', suffix='.part')
+    with files.atomic_file(dest_path, binary=True) as out:  # Whole and verified, or nothing.
+      digest = _download(url, out, timeout, label, hint)
+      if digest != md5.lower():
+        raise UserError(
+            f'The download from {url} is corrupt: its MD5 is {digest}, expected {md5}. '
+            f'Nothing was saved; try again.{_suffix(hint)}')
   except OSError as e:
     raise UserError(f'Cannot write the download of {url} to {dest_dir}: {e}.{_suffix(hint)}') from e
-  try:
-    with os.fdopen(fd, 'wb') as out:
-      digest = _download(url, out, timeout, label, hint)
-    if digest != md5.lower():
-      raise UserError(
-          f'The download from {url} is corrupt: its MD5 is {digest}, expected {md5}. '
-          f'Nothing was saved; try again.{_suffix(hint)}')
-    os.replace(tmp_path, dest_path)
-  except BaseException:
-    # BaseException so that Ctrl-C does not leave a stray partial file either.
-    os.remove(tmp_path)
-    raise
 
 
 def _download(url: str, out, timeout: float, label: str, hint: str) -> str:

@@ -30,13 +30,13 @@ import hashlib
 import logging
 import os
 import sys
-import tempfile
 import time
 import zipfile
 
 import numpy as np
 import tqdm
 
+from cifar_jax import files
 from cifar_jax.data import images as images_lib
 from cifar_jax.data.dataset import Dataset, Split
 from cifar_jax.errors import UserError
@@ -248,8 +248,8 @@ def _read(path: str) -> tuple[np.ndarray | None, str | None]:
 
 
 def _write_cache(places: list[tuple[str, str]], splits: dict, listing: _Listing) -> None:
-  """Writes the splits to the first place that can be written, through a temporary file and a
-  rename (an interrupted write leaves no cache), and removes that place's older caches."""
+  """Writes the splits to the first place that can be written, whole or not at all
+  (`files.atomic_file`), and removes that place's older caches."""
   arrays = {'class_names': np.array(listing.class_names)}
   for split in SPLITS:
     arrays[f'{split}_images'] = splits[split].images
@@ -257,20 +257,10 @@ def _write_cache(places: list[tuple[str, str]], splits: dict, listing: _Listing)
   for folder, name in places:
     try:
       os.makedirs(folder, exist_ok=True)
-      fd, temporary = tempfile.mkstemp(dir=folder, prefix=f'.{name}.', suffix='.part')
-    except OSError:
-      continue
-    try:
-      with os.fdopen(fd, 'wb') as f:
+      with files.atomic_file(os.path.join(folder, name), binary=True) as f:
         np.savez(f, **arrays)
-      os.chmod(temporary, 0o644)  # mkstemp's 0o600 would hide a shared folder's cache from others.
-      os.replace(temporary, os.path.join(folder, name))
-    except BaseException as e:  # Ctrl-C too: no partial file is left behind.
-      with contextlib.suppress(OSError):
-        os.remove(temporary)
-      if isinstance(e, OSError):  # A full disk: the next place, or no cache.
-        continue
-      raise
+    except OSError:  # Read-only or a full disk: the next place, or no cache.
+      continue
     _remove_older(folder, name)
     log.info('Cached the decoded images in %s.', os.path.join(folder, name))
     return

@@ -14,13 +14,13 @@ import json
 import os
 import pickle
 import tarfile
-import tempfile
 import types
 import zlib
 from typing import Any, NamedTuple
 
 import numpy as np
 
+from cifar_jax import files
 from cifar_jax.data import download
 from cifar_jax.data.dataset import IMAGE_SHAPE, Dataset, Split
 from cifar_jax.errors import UserError
@@ -261,18 +261,10 @@ def _seal_path(archive: str) -> str:
 
 
 def _write_atomically(path: str, text: str) -> None:
-  """Writes `text` to `path` via a temporary file; skips it where the directory is read-only."""
-  try:
-    fd, tmp_path = tempfile.mkstemp(
-        dir=os.path.dirname(path) or '.', prefix=f'.{os.path.basename(path)}.', suffix='.part')
-  except OSError:
-    return  # Only costs hashing the archive again next time.
-  try:
-    with os.fdopen(fd, 'w') as f:
+  """Writes `text` to `path` whole; skips it where the directory is read-only."""
+  with contextlib.suppress(OSError):  # Only costs hashing the archive again next time.
+    with files.atomic_file(path) as f:
       f.write(text)
-    os.replace(tmp_path, path)
-  except OSError:
-    os.remove(tmp_path)
 
 
 def _parse(layout: _Layout, members: dict[str, _Member]) -> Dataset:
