@@ -96,18 +96,14 @@ class SqueezeExcitation(nn.Module):
     return x * gates
 
 
-class MBConvBlock(nn.Module):
-  """Inverted residual: 1x1 expansion, depthwise conv, squeeze-excitation, 1x1 projection.
-
-  The shortcut (with stochastic depth on the residual branch) exists only when the block keeps
-  the resolution and the channels.
+class _Block(nn.Module):
+  """What both block kinds share: their fields and the shortcut.
 
   Attributes:
     features: Output channels.
     expand_ratio: Inner channels as a multiple of the input channels; 1 skips the expansion.
-    kernel_size: Side of the depthwise kernel.
-    strides: Stride of the depthwise convolution.
-    se_ratio: Squeeze-excitation bottleneck width as a fraction of the input channels.
+    kernel_size: Side of the depthwise (MBConv) or full (Fused-MBConv) kernel.
+    strides: Stride of that convolution.
     padding: One of `PADDINGS`.
     drop_path_rate: Probability of skipping the residual branch for an example, in train mode.
     conv: Convolution constructor (no bias, initialiser and dtypes bound).
@@ -118,12 +114,31 @@ class MBConvBlock(nn.Module):
   expand_ratio: int
   kernel_size: int
   strides: int
-  se_ratio: float
   padding: str
   drop_path_rate: float
   conv: layers.ModuleDef
   norm: layers.ModuleDef
   dtype: Any
+
+  def shortcut(self, x, y, *, train: bool):
+    """The residual branch `y` plus the block's input `x` when the block keeps the resolution
+    and the channels (`y` alone otherwise), the branch skipped per example in train mode."""
+    if self.strides != 1 or x.shape[-1] != self.features:
+      return y
+    # One mask entry per example, broadcast over pixels and channels.
+    y = nn.Dropout(self.drop_path_rate, broadcast_dims=(1, 2, 3), name='drop_path')(
+        y, deterministic=not train)
+    return y + x
+
+
+class MBConvBlock(_Block):
+  """Inverted residual: 1x1 expansion, depthwise conv, squeeze-excitation, 1x1 projection, and
+  the shortcut (`_Block`, whose attributes it has).
+
+  Attributes:
+    se_ratio: Squeeze-excitation bottleneck width as a fraction of the input channels.
+  """
+  se_ratio: float
 
   @nn.compact
   def __call__(self, x, *, train: bool):
@@ -139,51 +154,30 @@ class MBConvBlock(nn.Module):
     y = SqueezeExcitation(max(1, int(in_features * self.se_ratio)), self.dtype, name='se')(y)
     y = self.conv(self.features, (1, 1), name='project_conv')(y)
     # No activation after the projection: the block's output is a linear bottleneck.
-    y = self.norm(name='project_bn')(y)
-    if s == 1 and in_features == self.features:
-      # One mask entry per example, broadcast over pixels and channels.
-      y = nn.Dropout(self.drop_path_rate, broadcast_dims=(1, 2, 3), name='drop_path')(
-          y, deterministic=not train)
-      y = y + x
-    return y
+    return self.shortcut(x, self.norm(name='project_bn')(y), train=train)
 
 
-class FusedMBConvBlock(nn.Module):
-  """Fused-MBConv (EfficientNetV2): a k x k expansion convolution, then a 1x1 projection.
+class FusedMBConvBlock(_Block):
+  """Fused-MBConv (EfficientNetV2): a k x k expansion convolution, then a 1x1 projection, and
+  the shortcut (`_Block`, whose attributes it has); no squeeze-excitation.
 
   Without expansion (`expand_ratio=1`) the block is a single k x k convolution with BatchNorm
-  and activation (named `project_*`, as in Keras). The shortcut (with stochastic depth on the
-  residual branch) exists only when the block keeps the resolution and the channels. The
-  attributes are `MBConvBlock`'s but `se_ratio`: the fused stages have no squeeze-excitation.
+  and activation (named `project_*`, as in Keras).
   """
-  features: int
-  expand_ratio: int
-  kernel_size: int
-  strides: int
-  padding: str
-  drop_path_rate: float
-  conv: layers.ModuleDef
-  norm: layers.ModuleDef
-  dtype: Any
 
   @nn.compact
   def __call__(self, x, *, train: bool):
-    in_features = x.shape[-1]
     k, s = self.kernel_size, self.strides
     full = functools.partial(self.conv, kernel_size=(k, k), strides=(s, s),
                              padding=conv_padding(self.padding, k))
     if self.expand_ratio != 1:
-      y = full(in_features * self.expand_ratio, name='expand_conv')(x)
+      y = full(x.shape[-1] * self.expand_ratio, name='expand_conv')(x)
       y = nn.swish(self.norm(name='expand_bn')(y))
       # A linear bottleneck, as in MBConv.
       y = self.norm(name='project_bn')(self.conv(self.features, (1, 1), name='project_conv')(y))
     else:
       y = nn.swish(self.norm(name='project_bn')(full(self.features, name='project_conv')(x)))
-    if s == 1 and in_features == self.features:
-      y = nn.Dropout(self.drop_path_rate, broadcast_dims=(1, 2, 3), name='drop_path')(
-          y, deterministic=not train)
-      y = y + x
-    return y
+    return self.shortcut(x, y, train=train)
 
 
 class EfficientNet(nn.Module):
