@@ -5,6 +5,7 @@ import os
 import struct
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -45,11 +46,23 @@ def read_records(path):
 
 
 def history(run_directory):
-  """The rows a W&B run directory's run file logged, as {key: value}."""
+  """The rows a W&B run directory's run file logged, as {key: value}.
+
+  W&B's service process writes the file and may still be writing after `finish()` returns (a
+  loaded machine once gave only the first run's rows): it is read once it ends with the run's
+  'exit' record, waiting up to a minute.
+  """
   (path,) = run_directory.glob('run-*.wandb')
+  deadline = time.monotonic() + 60
+  while True:
+    records = list(read_records(path))
+    if (records and records[-1].WhichOneof('record_type') == 'exit') or (
+        time.monotonic() > deadline):
+      break
+    time.sleep(0.1)
   return [{item.key or '/'.join(item.nested_key): json.loads(item.value_json)
            for item in record.history.item}
-          for record in read_records(path) if record.WhichOneof('record_type') == 'history']
+          for record in records if record.WhichOneof('record_type') == 'history']
 
 
 def test_offline_run_logs_the_scalars_and_figures_and_resumes_the_same_w_and_b_run(
