@@ -157,15 +157,15 @@ def test_model_families_check_their_fixed_sizes_too():
 
 @pytest.mark.parametrize('memory,sharing,field,fits,advice', [
     # A CPU: the mesh's 8 devices share the host's memory.
-    (100, 8, 'eval_batch_size', 96, 'try 32 or less'),
-    (100, 1, 'batch_size', 800, 'try 264 or less'),  # A GPU each: it holds an eighth of a batch.
+    (1000, 8, 'eval_batch_size', 1000, 'try 8 or less'),  # 1000 // 64 examples, 8 devices.
+    (100, 1, 'batch_size', 800, 'try 8 or less'),  # A GPU each: it holds an eighth of a batch.
     (2, 1, 'batch_size', 16, 'no batch is likely to fit'),
 ])
 def test_check_memory_refuses_a_batch_too_big_for_memory(monkeypatch, memory, sharing, field,
                                                          fits, advice):
   config = tiny_config(**{'batch_size': 8, 'eval_batch_size': 8, field: fits + 8})
   per_example = models.largest_activation_bytes(models.from_config(config.model, 10), 32)
-  assert per_example == 32 * 32 * 9 * 4 * 4  # Image patches of a 3x3 convolution, 4 channels.
+  assert per_example == 32 * 32 * 4 * 4  # The stem's output: 4 channels at 32x32, float32.
   # `memory` examples' worth of memory, shared by `sharing` devices.
   monkeypatch.setattr(setup, 'memory_per_device', lambda: (memory * per_example, sharing))
   with pytest.raises(UserError, match=f'config.{field}={fits + 8} cannot fit in memory.*{advice}'):

@@ -424,9 +424,13 @@ def test_exact_gelu_is_flaxs_and_differentiates_inside_shard_map():
     ((3, 3, 5, 7), (1, 1), 'SAME'), ((3, 3, 5, 7), (2, 2), ((1, 1), (1, 1))),
     ((2, 2, 5, 4), (1, 1), 'VALID'), ((4, 4, 5, 4), (4, 4), 'VALID'),
     ((1, 1, 5, 4), (2, 2), 'VALID'), ((7, 7, 5, 4), (2, 2), ((3, 3), (3, 3)))])
-def test_patch_convolution_computes_what_xla_does(kernel, strides, padding):
+@pytest.mark.parametrize('chunk_rows', [1024, 40])
+def test_patch_convolution_computes_what_xla_does(kernel, strides, padding, chunk_rows,
+                                                  monkeypatch):
+  # 1024 rows: the 6 images in one product; 40: one image or two a product, in a loop.
+  monkeypatch.setattr(layers, 'PATCH_ROWS', chunk_rows)
   rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.normal(size=(2, 10, 10, 5)), jnp.float32)
+  x = jnp.asarray(rng.normal(size=(6, 10, 10, 5)), jnp.float32)
   w = jnp.asarray(rng.normal(size=kernel), jnp.float32)
   numbers = jax.lax.conv_dimension_numbers(x.shape, w.shape, ('NHWC', 'HWIO', 'NHWC'))
 
@@ -437,4 +441,23 @@ def test_patch_convolution_computes_what_xla_does(kernel, strides, padding):
   expected = jax.value_and_grad(loss(jax.lax.conv_general_dilated), (0, 1))(x, w)
   actual = jax.value_and_grad(loss(layers.patch_conv), (0, 1))(x, w)
   assert_trees_close(actual, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_patch_convolution_in_chunks_inside_shard_map_equals_one_device(monkeypatch):
+  # The train step differentiates inside shard_map: each device's chunks add up its kernel
+  # gradient, summed over the devices as autodiff sums any replicated input's gradient.
+  monkeypatch.setattr(layers, 'PATCH_ROWS', 100)  # 2 of each device's 6 images a product.
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(48, 10, 10, 5)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(3, 3, 5, 7)), jnp.float32)
+
+  def grads(x, w):
+    return jax.grad(lambda x, w: jnp.sum(jnp.sin(layers.patch_conv(
+        x, w, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')))), (0, 1))(x, w)
+
+  mesh = mesh_of(8)
+  sharded = jax.jit(jax.shard_map(grads, mesh=mesh, in_specs=(P('data'), P()),
+                                  out_specs=(P('data'), P())))
+  actual = sharded(jax.device_put(x, NamedSharding(mesh, P('data'))), w)
+  assert_trees_close(actual, jax.jit(grads)(x, w), rtol=1e-5, atol=1e-5)
 

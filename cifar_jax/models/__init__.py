@@ -23,6 +23,7 @@ from cifar_jax.models import (
     airbench,
     efficientnet,
     efficientnet_v2,
+    layers,
     preact_resnet,
     resnet,
     simple_cnn,
@@ -178,10 +179,13 @@ def count_params(params) -> int:
 
 def largest_activation_bytes(model: nn.Module, input_size: int) -> int:
   """Bytes per example of the largest array `model` computes in evaluation on `input_size`-pixel
-  square images (on a CPU, the image patches of its widest convolution: see `layers.patch_conv`).
+  square images, at batch sizes where a CPU's convolutions take their image patches a few
+  images at a time (`layers.patch_conv`), as they do at any batch that could fill a memory.
 
-  A lower bound on the memory each example of a batch needs: XLA:CPU's peak was 2.0-2.4 times it
-  for every family measured. Read from the programs traced at two batch sizes, not compiled.
+  A lower bound on the memory each example of a batch needs. XLA:CPU's peak per example (its
+  compiled programs' temporary memory at batches 64 and 128, airbench94, the simple CNN,
+  ResNet-18 and VGG-16 at 32x32) was 1.0-2.7 times it in evaluation and 2.3-7.0 times it in a
+  train step. Read from the programs traced at two batch sizes, not compiled.
 
   Raises:
     UserError: if the model cannot be applied to images of that size (e.g. pooled to nothing).
@@ -193,20 +197,23 @@ def largest_activation_bytes(model: nn.Module, input_size: int) -> int:
     apply = jax.make_jaxpr(lambda v, x: model.apply(v, x, train=False))
     return list(_output_bytes(apply(variables, images(batch)).jaxpr))
 
+  # Batches of 2 and 3 times `many` examples: large enough that every convolution loops over
+  # chunks of images at both, and no chunk of the second is larger than the first's.
+  many = layers.PATCH_ROWS
   try:
     variables = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False),
                                images(2))
-    two, three = array_bytes(variables, 2), array_bytes(variables, 3)
+    two, three = array_bytes(variables, 2 * many), array_bytes(variables, 3 * many)
   except (TypeError, ValueError, ZeroDivisionError) as e:
     detail = str(e).splitlines()[0] if str(e) else ''
     raise UserError(f'config.model.input_size={input_size}: the model cannot be applied to '
                     f'{input_size}x{input_size} images ({type(e).__name__}: {detail}); use larger '
                     'inputs.') from None
-  # The same program at both sizes, array by array: the growth is one example's share (weights
-  # do not grow). Should a model trace differently, its size is unknown: 0.
+  # The same program at both sizes, array by array: the growth is `many` examples' share
+  # (weights do not grow). Should a model trace differently, its size is unknown: 0.
   if len(two) != len(three):
     return 0
-  return max((b - a for a, b in zip(two, three, strict=True)), default=0)
+  return max((b - a for a, b in zip(two, three, strict=True)), default=0) // many
 
 
 def _output_bytes(jaxpr):
