@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import assert_trees_close, mesh_of, tiny_config
+from conftest import assert_trees_close, assert_trees_close_to_scale, mesh_of, tiny_config
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -441,6 +441,27 @@ def test_patch_convolution_computes_what_xla_does(kernel, strides, padding, chun
   expected = jax.value_and_grad(loss(jax.lax.conv_general_dilated), (0, 1))(x, w)
   actual = jax.value_and_grad(loss(layers.patch_conv), (0, 1))(x, w)
   assert_trees_close(actual, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('dtype', [jnp.bfloat16, jnp.float16])
+def test_patch_convolution_in_low_precision_is_xlas_in_its_dtype(dtype, monkeypatch):
+  # Products accumulate in float32 and the chunks' outputs are written in it; what comes out
+  # (values and both gradients) is in the input's dtype, as XLA's convolution computes it.
+  monkeypatch.setattr(layers, 'PATCH_ROWS', 40)
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(6, 10, 10, 5)), dtype)
+  w = jnp.asarray(rng.normal(size=(3, 3, 5, 7)) / 6, dtype)
+
+  def loss(conv):
+    def f(x, w):
+      out = conv(x, w, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+      return jnp.sum(jnp.sin(out.astype(jnp.float32))), out
+    return jax.value_and_grad(f, (0, 1), has_aux=True)
+
+  (_, out), grads = loss(layers.patch_conv)(x, w)
+  (_, expected_out), expected_grads = loss(jax.lax.conv_general_dilated)(x, w)
+  assert out.dtype == grads[0].dtype == grads[1].dtype == dtype
+  assert_trees_close_to_scale((expected_out, *expected_grads), (out, *grads), tol=1e-2)
 
 
 def test_patch_convolution_in_chunks_inside_shard_map_equals_one_device(monkeypatch):

@@ -148,7 +148,8 @@ def _patch_product_fwd(x, kernel, geometry, precision):
 
   def product(xc):
     patches = _patches(xc, geometry)
-    out = jnp.dot(patches.reshape(-1, matrix.shape[0]), matrix, precision=precision)
+    out = jnp.dot(patches.reshape(-1, matrix.shape[0]), matrix, precision=precision,
+                  preferred_element_type=jnp.float32)
     return out.reshape(*patches.shape[:-1], matrix.shape[1])
 
   rows_per_image = math.prod(jax.eval_shape(product, x[:1]).shape[1:3])
@@ -158,7 +159,7 @@ def _patch_product_fwd(x, kernel, geometry, precision):
   else:
     out = lax.map(product, x.reshape(n // c, c, *x.shape[1:]))
     out = out.reshape(n, *out.shape[2:])
-  return out, (x, kernel)
+  return out.astype(x.dtype), (x, kernel)
 
 
 def _patch_product_bwd(geometry, precision, residuals, g):
@@ -168,31 +169,29 @@ def _patch_product_bwd(geometry, precision, residuals, g):
   c = _chunk(n, g.shape[1] * g.shape[2])
 
   def grads(xc, gc):
-    """(kernel gradient in float32, input gradient) of one chunk."""
-    patches, patches_vjp = jax.vjp(lambda t: _patches(t, geometry), xc)
+    """(kernel gradient, input gradient) of one chunk, in float32."""
+    patches = _patches(xc, geometry)
     rows = gc.reshape(-1, matrix.shape[1])
     dkernel = jnp.dot(patches.reshape(-1, matrix.shape[0]).T, rows, precision=precision,
                       preferred_element_type=jnp.float32)
-    dpatches = jnp.dot(rows, matrix.T, precision=precision).reshape(patches.shape)
-    return dkernel, patches_vjp(dpatches)[0]
+    dpatches = jnp.dot(rows, matrix.T, precision=precision, preferred_element_type=jnp.float32)
+    # Each patch's gradient added back where the patch came from: `_patches` transposed (its
+    # float32 patches are never used, so never computed).
+    _, scatter = jax.vjp(lambda t: _patches(t, geometry), xc.astype(jnp.float32))
+    return dkernel, scatter(dpatches.reshape(patches.shape))[0]
 
   if c == n:
     dkernel, dx = grads(x, g)
   else:
-    def chunk(a, i):
-      return lax.dynamic_slice_in_dim(a, i * c, c)
+    def add_chunk(dkernel, chunk):
+      dkernel_chunk, dx_chunk = grads(*chunk)
+      return dkernel + dkernel_chunk, dx_chunk
 
-    def add_chunk(i, carry):
-      dkernel, dx = carry
-      dkernel_chunk, dx_chunk = grads(chunk(x, i), chunk(g, i))
-      return dkernel + dkernel_chunk, lax.dynamic_update_slice_in_dim(dx, dx_chunk, i * c, 0)
-
-    # The first chunk starts both sums outside the loop, so the loop's carry is per-device
-    # inside shard_map from the start, as the other chunks' gradients are.
-    dkernel, dx0 = grads(chunk(x, 0), chunk(g, 0))
-    dx = lax.dynamic_update_slice_in_dim(jnp.zeros_like(x), dx0, 0, 0)
-    dkernel, dx = lax.fori_loop(1, n // c, add_chunk, (dkernel, dx))
-  return dx, dkernel.reshape(kernel.shape).astype(kernel.dtype)
+    # The sum starts per-device inside shard_map, as each chunk's gradient is.
+    zero = _varying_like(jnp.zeros(matrix.shape, jnp.float32), x)
+    dkernel, dx = lax.scan(add_chunk, zero, [a.reshape(n // c, c, *a.shape[1:]) for a in (x, g)])
+    dx = dx.reshape(x.shape)
+  return dx.astype(x.dtype), dkernel.reshape(kernel.shape).astype(kernel.dtype)
 
 
 _patch_product.defvjp(_patch_product_fwd, _patch_product_bwd)
