@@ -183,9 +183,9 @@ def largest_activation_bytes(model: nn.Module, input_size: int) -> int:
   images at a time (`layers.patch_conv`), as they do at any batch that could fill a memory.
 
   A lower bound on the memory each example of a batch needs. XLA:CPU's peak per example (its
-  compiled programs' temporary memory at batches 64 and 128, airbench94, the simple CNN,
-  ResNet-18 and VGG-16 at 32x32) was 1.0-2.7 times it in evaluation and 2.3-7.0 times it in a
-  train step. Read from the programs traced at two batch sizes, not compiled.
+  compiled programs' temporary memory at batches 64 and 128, 32x32 images, float32) was 3.5-17
+  times it in evaluation and 7.8-56 times it in a train step (airbench94, the simple CNN,
+  ResNet-18, VGG-16, WRN-28-10). Read from the programs traced at two batch sizes, not compiled.
 
   Raises:
     UserError: if the model cannot be applied to images of that size (e.g. pooled to nothing).
