@@ -427,7 +427,8 @@ def test_exact_gelu_is_flaxs_and_differentiates_inside_shard_map():
 @pytest.mark.parametrize('chunk_rows', [1024, 40])
 def test_patch_convolution_computes_what_xla_does(kernel, strides, padding, chunk_rows,
                                                   monkeypatch):
-  # 1024 rows: the 6 images in one product; 40: one image or two a product, in a loop.
+  # 1024 rows: the 6 images in one product; 40: one image (stride 1) or two (stride 2) a
+  # product, in a loop; the 4x4-stride kernel's 2x2 outputs stay in one product either way.
   monkeypatch.setattr(layers, 'PATCH_ROWS', chunk_rows)
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(6, 10, 10, 5)), jnp.float32)
